@@ -1,0 +1,1 @@
+"""Triton kernels shipped with dataeff (installed as `dataeff._kernels`)."""
