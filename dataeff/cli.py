@@ -47,4 +47,6 @@ def console():
     "setuptools console script: exit with `main`'s status."
     sys.exit(main())
 
+# %% ../nbs/90_cli.ipynb #7c1d2e9a
+#| eval: false
 if __name__ == "__main__": console()
