@@ -9,7 +9,7 @@ __all__ = ['GENERATION_TASKS', 'RESULT_SUFFIX', 'HUMAN_EVAL_FILE', 'METRIC_GRID'
            'budget_for_target', 'measured_budget_for_target', 'plot_curves', 'plot_auc_bars', 'save_figure',
            'auc_table', 'run_auc', 'configure_auc']
 
-# %% ../nbs/01_curves.ipynb #0a4608a5
+# %% ../nbs/01_curves.ipynb #821ed595
 import csv, io, math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 
 from .core import DataeffError, atomic_write, atomic_write_json, read_json, reference_dir
 
-# %% ../nbs/01_curves.ipynb #bec32eb9
+# %% ../nbs/01_curves.ipynb #3c97863d
 GENERATION_TASKS = frozenset({"coqa", "squad_v2", "qa_wikidata", "disfl_qa"})  # scored by token F1, not accuracy
 RESULT_SUFFIX = "_full_result_v2.json"  # the authors' per-task results file: {model}_{task}_full_result_v2.json
 HUMAN_EVAL_FILE = "human_eval.json"
@@ -31,7 +31,7 @@ class Results(NamedTuple):
     source: dict[str, Path]
     human_file: Path | None
 
-# %% ../nbs/01_curves.ipynb #f9dd158c
+# %% ../nbs/01_curves.ipynb #2406f394
 def _budget(key, path, task=None) -> int:
     "Parse a budget key (number of training examples) or say what is wrong with it."
     where = f"{path}: task {task!r}, budget {key!r}" if task else f"{path}: budget {key!r}"
@@ -51,7 +51,7 @@ def _score(value, path, where) -> float:
     if not 0 <= value <= 1: raise DataeffError(f"{path}: {where}: score {value} is outside [0, 1]; give scores as fractions, not percentages")
     return float(value)
 
-# %% ../nbs/01_curves.ipynb #bff0a61d
+# %% ../nbs/01_curves.ipynb #7139b769
 def read_authors_file(path, task: str) -> dict[int, float]:
     "Scores by budget from one authors' results file; `task` picks the metric (F1 for generation tasks, else accuracy)."
     path, data = Path(path), read_json(path, "results file")
@@ -67,7 +67,7 @@ def read_authors_file(path, task: str) -> dict[int, float]:
         scores[budget] = _score(entry[metric], path, f"budget {key}")
     return scores
 
-# %% ../nbs/01_curves.ipynb #1d405356
+# %% ../nbs/01_curves.ipynb #ee54c955
 def read_score_table(path) -> dict[str, dict[int, float]]:
     "Curves `{task: {budget: score}}` from your own CSV (columns task,budget,score) or JSON list of such records."
     path = Path(path)
@@ -89,7 +89,7 @@ def read_score_table(path) -> dict[str, dict[int, float]]:
         curves[task][budget] = _score(row["score"], path, f"task {task!r}, budget {budget}")
     return curves
 
-# %% ../nbs/01_curves.ipynb #32f65b5e
+# %% ../nbs/01_curves.ipynb #7b75b4b1
 def load_human_eval(path, tasks=None) -> dict[str, float | None]:
     "Human-level score per task (of `tasks`, default all) from a `human_eval.json`-style file `{task: {\"score\": x or null}}`."
     path, data = Path(path), read_json(path, "human-eval file")
@@ -108,7 +108,7 @@ def find_human_eval(path) -> Path | None:
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     return next((p for p in (folder/HUMAN_EVAL_FILE, folder.parent/HUMAN_EVAL_FILE) if p.is_file()), None)
 
-# %% ../nbs/01_curves.ipynb #9c398d24
+# %% ../nbs/01_curves.ipynb #cdc7f951
 def _result_files(folder: Path, model: str | None) -> dict[str, Path]:
     "The `{model}_{task}_full_result_v2.json` files of one model in `folder`, by task."
     files = sorted(folder.glob(f"*{RESULT_SUFFIX}"))
@@ -129,7 +129,7 @@ def _task_of(path: Path, model: str | None) -> str:
     if model is not None and stem.startswith(f"{model}_"): return stem[len(model) + 1:]
     return stem.split("_", 1)[-1]
 
-# %% ../nbs/01_curves.ipynb #7c5318eb
+# %% ../nbs/01_curves.ipynb #5fb171b3
 def load_results(path, model: str | None = None, human_eval=None) -> Results:
     "Load measured curves from an authors' results file or folder, or a CSV/JSON table; `human_eval` defaults to the one beside them."
     path = Path(path)
@@ -149,7 +149,7 @@ def load_results(path, model: str | None = None, human_eval=None) -> Results:
     known = load_human_eval(human_file, scores) if human_file is not None else {}
     return Results(scores, {task: known.get(task) for task in scores}, source, human_file)
 
-# %% ../nbs/01_curves.ipynb #cdefd2e6
+# %% ../nbs/01_curves.ipynb #2aeea9c8
 METRIC_GRID = (50, 100, 200, 500, 1000, 2500, 5000)  # budgets every curve is put on (missing ones inserted)
 MIN_BUDGET = 50  # budgets 1..49 are outside the metric; 0 (zero-shot) is kept
 
@@ -157,7 +157,7 @@ def log_budget(budgets, max_budget=5000):
     "Position of `budgets` on the metric's x axis: log2(max(n, 1)) / log2(max_budget), so 0 and 1 sit at x = 0."
     return np.log2(np.maximum(np.asarray(budgets, dtype=np.float64), 1)) / math.log2(max_budget)
 
-# %% ../nbs/01_curves.ipynb #04f7031d
+# %% ../nbs/01_curves.ipynb #e8027672
 @dataclass
 class TaskCurve:
     "One task's cleaned, normalised data-efficiency curve and its AUC."
@@ -184,7 +184,7 @@ class TaskCurve:
         "p of the power curve x^p with this curve's AUC."
         return float(auc_to_exponent(self.auc))
 
-# %% ../nbs/01_curves.ipynb #66cf043c
+# %% ../nbs/01_curves.ipynb #7e1f04cc
 def task_curve(task: str, scores: dict[int, float], human: float | None = None, max_budget: int = 5000, source="curve") -> TaskCurve:
     "Clean and normalise one measured curve `{budget: score}` and compute its data-efficiency AUC; `source` names it in errors."
     if max_budget <= MIN_BUDGET: raise DataeffError(f"max budget {max_budget} must be above {MIN_BUDGET}")
@@ -210,13 +210,13 @@ def data_efficiency_auc(scores: dict[int, float], human: float | None = None, ma
     "The data-efficiency AUC of one measured curve `{budget: score}` (see `task_curve`)."
     return task_curve("curve", scores, human, max_budget).auc
 
-# %% ../nbs/01_curves.ipynb #f6bbfba1
+# %% ../nbs/01_curves.ipynb #660c166d
 def analyse_results(path, model: str | None = None, human_eval=None, max_budget: int = 5000) -> dict[str, TaskCurve]:
     "Load results (see `load_results`) and compute every task's cleaned curve and AUC."
     res = load_results(path, model, human_eval)
     return {task: task_curve(task, s, res.human[task], max_budget, res.source[task]) for task, s in res.scores.items()}
 
-# %% ../nbs/01_curves.ipynb #b8fd4551
+# %% ../nbs/01_curves.ipynb #1c209dd4
 def _check_auc(auc):
     auc = np.asarray(auc, dtype=np.float64)
     if not np.all((auc > 0) & (auc < 1)): raise DataeffError(f"AUC must lie strictly between 0 and 1; got {auc[~((auc > 0) & (auc < 1))].ravel()[:3]}")
@@ -237,7 +237,7 @@ def budget_for_target(auc, target, max_budget: int = 5000):
     if not np.all((target >= 0) & (target <= 1)): raise DataeffError("targets are normalised scores and must lie in [0, 1]")
     return np.exp2(np.power(target, 1 / auc_to_exponent(auc)) * math.log2(max_budget))
 
-# %% ../nbs/01_curves.ipynb #11e0dd83
+# %% ../nbs/01_curves.ipynb #b4fc9bde
 def measured_budget_for_target(budgets, normalised_scores, target):
     "Budget where a measured curve first reaches `target` (interpolated in log2 budget; budget 0 at log2 = 0); `inf` if never."
     logs = np.log2(np.maximum(np.asarray(budgets, dtype=np.float64), 1))
@@ -253,7 +253,7 @@ def measured_budget_for_target(budgets, normalised_scores, target):
     at = np.where(reached.any(-1), at, np.inf)
     return float(at) if at.ndim == 0 else at
 
-# %% ../nbs/01_curves.ipynb #1a89c28b
+# %% ../nbs/01_curves.ipynb #50189648
 _TICKS = {0: "0", 50: "50", 500: "500", 5000: "5k"}
 
 def plot_curves(curves: dict[str, TaskCurve], ncols: int = 6, panel_size: float = 2.0):
@@ -304,7 +304,7 @@ def save_figure(fig, path, dpi: int = 80):
     fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
     return atomic_write(path, buf.getvalue())
 
-# %% ../nbs/01_curves.ipynb #b547ca13
+# %% ../nbs/01_curves.ipynb #0a7aa525
 def auc_table(curves: dict[str, TaskCurve]) -> str:
     "Text table of the curves, highest AUC first: task, zero-shot, best, ceiling, AUC."
     width = max([4] + [len(t) for t in curves])
@@ -334,7 +334,7 @@ def run_auc(args) -> int:
 
 def configure_auc(parser):
     "Arguments of `dataeff auc`."
-    parser.add_argument("results", metavar="RESULTS", help=f"authors' results file, folder of {{model}}{RESULT_SUFFIX} files, or CSV/JSON of task,budget,score")
+    parser.add_argument("results", metavar="RESULTS", help=f"authors' results file, folder of {{model}}_{{task}}{RESULT_SUFFIX} files, or CSV/JSON of task,budget,score")
     parser.add_argument("--model", metavar="PREFIX", help="model prefix of the files in a results folder (e.g. llama)")
     parser.add_argument("--human-eval", metavar="FILE", help="human-level ceilings {task: {\"score\": x}} (default: human_eval.json beside RESULTS)")
     parser.add_argument("--max-budget", type=int, default=5000, metavar="N", help="largest budget of the metric (default 5000)")
