@@ -36,7 +36,7 @@ def test_ascii_digits_are_real_sklearn_digits():
     from sklearn.datasets import load_digits
     digits = load_digits()
     ex = make_task("ascii_digits", 1, seed=0)[0]
-    dark = [[c != " " for c in line]  # grey level 0-1 draws as a blank for line in ex.input.splitlines()]
+    dark = [[c != " " for c in line] for line in ex.input.splitlines()]  # grey levels 0-1 draw as a blank
     matches = [i for i, img in enumerate(digits.images) if ((img >= 2) == dark).all() and str(digits.target[i]) == ex.target]
     assert matches
 
