@@ -6,19 +6,19 @@
 __all__ = ['BACKENDS', 'TORCH_BLOCK_COLS', 'TORCH_SLAB_COLS', 'TINY_SQUARED_NORM', 'gram', 'pairwise_cosine',
            'median_pairwise_cosine']
 
-# %% ../nbs/05_similarity.ipynb #14e0a870
+# %% ../nbs/05_similarity.ipynb #5a490624
 import math
 import numpy as np
 import torch
 from .core import DataeffError
 
-# %% ../nbs/05_similarity.ipynb #34128b22
+# %% ../nbs/05_similarity.ipynb #85ef65ad
 BACKENDS = ("auto", "triton", "torch")
 TORCH_BLOCK_COLS = 4096  # columns per fp32 matmul in the torch path; partial Grams are summed in float64
 TORCH_SLAB_COLS = 2**20  # columns converted to the working dtype at a time (bounds temporary memory)
 TINY_SQUARED_NORM = 2.0**-100  # below this fp32 products may underflow: such rows are recomputed in float64
 
-# %% ../nbs/05_similarity.ipynb #c8e6f125
+# %% ../nbs/05_similarity.ipynb #0673e36d
 def _as_chunks(x) -> list:
     "Validate `x` (a k × D tensor or a list of k × d_l column chunks) and return it as a list of chunks."
     chunks = [x] if isinstance(x, torch.Tensor) else list(x) if isinstance(x, (list, tuple)) else None
@@ -43,7 +43,7 @@ def _as_chunks(x) -> list:
         raise DataeffError("gradients: no columns (D = 0); the gradient vectors are empty")
     return chunks
 
-# %% ../nbs/05_similarity.ipynb #55199b5c
+# %% ../nbs/05_similarity.ipynb #7e24c16c
 def _gram_torch(chunks, work_dtype=None) -> torch.Tensor:
     "Gram matrix by blocked matmuls (fp32, or float64 for float64 input or `work_dtype`), partials summed in float64."
     k = chunks[0].shape[0]
@@ -61,7 +61,7 @@ def _gram_torch(chunks, work_dtype=None) -> torch.Tensor:
             if rest.shape[1]: gram += (rest @ rest.T).to(torch.float64)
     return torch.triu(gram) + torch.triu(gram, 1).T
 
-# %% ../nbs/05_similarity.ipynb #f33b09e4
+# %% ../nbs/05_similarity.ipynb #2519828c
 def _triton_gram():
     "The Triton Gram function, or None when Triton (or the kernel module) cannot be imported here."
     try: from dataeff._kernels.pairwise_gram import gram_triton, SUPPORTED_DTYPES
@@ -80,11 +80,12 @@ def _pick_backend(chunks, backend) -> str:
     if not usable:
         raise DataeffError(f"backend='triton': dtypes {sorted({str(c.dtype) for c in chunks})} not all in {[str(d) for d in found[1]]}; cast the gradients or use backend='torch'")
     from triton import knobs
+from threadpoolctl import threadpool_limits  # the interpreter's numpy BLAS threads would fight torch's on few cores
     if not chunks[0].is_cuda and not knobs.runtime.interpret:
         raise DataeffError("backend='triton': tensors are on the CPU; move them to CUDA, set TRITON_INTERPRET=1 before importing triton, or use backend='torch'")
     return "triton"
 
-# %% ../nbs/05_similarity.ipynb #51017219
+# %% ../nbs/05_similarity.ipynb #46a2b6dd
 def _first_nonfinite(chunks, row):
     "(chunk index, column) of the first non-finite entry of `row`, or None."
     for i, c in enumerate(chunks):
@@ -92,7 +93,7 @@ def _first_nonfinite(chunks, row):
         if len(bad): return i, int(bad[0])
     return None
 
-# %% ../nbs/05_similarity.ipynb #c698a125
+# %% ../nbs/05_similarity.ipynb #407ebf58
 def gram(x, backend="auto") -> torch.Tensor:
     "Raw Gram matrix X·Xᵀ (k × k float64, on x's device) of a k × D tensor or a list of k × d_l column chunks."
     chunks = _as_chunks(x)
@@ -107,7 +108,7 @@ def gram(x, backend="auto") -> torch.Tensor:
         g = _gram_torch(chunks, work_dtype=torch.float64)  # fp32 products over- or underflowed: redo in float64
     return g
 
-# %% ../nbs/05_similarity.ipynb #aeb2e224
+# %% ../nbs/05_similarity.ipynb #6b96fa62
 def pairwise_cosine(x, backend="auto", allow_zero=False) -> torch.Tensor:
     "Cosine similarity of every pair of rows (k × k float64, unit diagonal); zero rows raise unless `allow_zero` (then NaN)."
     g = gram(x, backend)
@@ -123,7 +124,7 @@ def pairwise_cosine(x, backend="auto", allow_zero=False) -> torch.Tensor:
     cos[:, zero] = math.nan
     return cos
 
-# %% ../nbs/05_similarity.ipynb #96d8b0ad
+# %% ../nbs/05_similarity.ipynb #d371896f
 def median_pairwise_cosine(x, backend="auto", allow_zero=False) -> float:
     "Median of the cosines of pairs i < j (numpy convention: mean of the middle two for an even count); NaN pairs excluded."
     cos = pairwise_cosine(x, backend, allow_zero)
