@@ -13,6 +13,10 @@ from .core import DataeffError
 # %% ../nbs/90_cli.ipynb #0564e26f
 COMMANDS = {  # subcommand: (module that configures it, one-line help)
     "auc": ("dataeff.curves", "data-efficiency AUC of measured fine-tuning curves"),
+    "calibrate": ("dataeff.calibrate", "fit AUC = c·CoS-Low + I to your tasks and save the calibration"),
+    "tasks": ("dataeff.tasks", "list the built-in tasks, or write a pool of one (tasks make NAME --n N --out POOL)"),
+    "predict": ("dataeff.predict", "predict AUC' and the budget per target from a CoS-Low, with intervals"),
+    "savings": ("dataeff.savings", "simulate annotation savings of predicted budgets on measured curves"),
 }
 
 # %% ../nbs/90_cli.ipynb #052e6991
