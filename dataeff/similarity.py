@@ -6,19 +6,19 @@
 __all__ = ['BACKENDS', 'TORCH_BLOCK_COLS', 'TORCH_SLAB_COLS', 'TINY_SQUARED_NORM', 'gram', 'pairwise_cosine',
            'median_pairwise_cosine']
 
-# %% ../nbs/05_similarity.ipynb #5a490624
-import math
+# %% ../nbs/05_similarity.ipynb #e696ca9b
+import importlib, math
 import numpy as np
 import torch
 from .core import DataeffError
 
-# %% ../nbs/05_similarity.ipynb #85ef65ad
+# %% ../nbs/05_similarity.ipynb #a18400d5
 BACKENDS = ("auto", "triton", "torch")
 TORCH_BLOCK_COLS = 4096  # columns per fp32 matmul in the torch path; partial Grams are summed in float64
 TORCH_SLAB_COLS = 2**20  # columns converted to the working dtype at a time (bounds temporary memory)
 TINY_SQUARED_NORM = 2.0**-100  # below this fp32 products may underflow: such rows are recomputed in float64
 
-# %% ../nbs/05_similarity.ipynb #0673e36d
+# %% ../nbs/05_similarity.ipynb #1899a291
 def _as_chunks(x) -> list:
     "Validate `x` (a k × D tensor or a list of k × d_l column chunks) and return it as a list of chunks."
     chunks = [x] if isinstance(x, torch.Tensor) else list(x) if isinstance(x, (list, tuple)) else None
@@ -43,7 +43,7 @@ def _as_chunks(x) -> list:
         raise DataeffError("gradients: no columns (D = 0); the gradient vectors are empty")
     return chunks
 
-# %% ../nbs/05_similarity.ipynb #7e24c16c
+# %% ../nbs/05_similarity.ipynb #515b6ce2
 def _gram_torch(chunks, work_dtype=None) -> torch.Tensor:
     "Gram matrix by blocked matmuls (fp32, or float64 for float64 input or `work_dtype`), partials summed in float64."
     k = chunks[0].shape[0]
@@ -61,31 +61,28 @@ def _gram_torch(chunks, work_dtype=None) -> torch.Tensor:
             if rest.shape[1]: gram += (rest @ rest.T).to(torch.float64)
     return torch.triu(gram) + torch.triu(gram, 1).T
 
-# %% ../nbs/05_similarity.ipynb #2519828c
-def _triton_gram():
-    "The Triton Gram function, or None when Triton (or the kernel module) cannot be imported here."
-    try: from dataeff._kernels.pairwise_gram import gram_triton, SUPPORTED_DTYPES
+# %% ../nbs/05_similarity.ipynb #ecf0e9bd
+def _triton_kernels():
+    "The kernel module `dataeff._kernels.pairwise_gram`, or None when Triton cannot be imported here."
+    try: return importlib.import_module("dataeff._kernels.pairwise_gram")
     except ImportError: return None
-    return gram_triton, SUPPORTED_DTYPES
 
 def _pick_backend(chunks, backend) -> str:
     if backend not in BACKENDS:
         raise DataeffError(f"backend={backend!r} is not one of {BACKENDS}; pick one of them")
     if backend == "torch": return "torch"
-    found = _triton_gram() if (backend == "triton" or chunks[0].is_cuda) else None
-    usable = found is not None and all(c.dtype in found[1] for c in chunks)
+    kernels = _triton_kernels() if (backend == "triton" or chunks[0].is_cuda) else None
+    usable = kernels is not None and all(c.dtype in kernels.SUPPORTED_DTYPES for c in chunks)
     if backend == "auto": return "triton" if usable else "torch"
-    if found is None:
+    if kernels is None:
         raise DataeffError("backend='triton': Triton is not importable here; install triton or use backend='torch'")
     if not usable:
-        raise DataeffError(f"backend='triton': dtypes {sorted({str(c.dtype) for c in chunks})} not all in {[str(d) for d in found[1]]}; cast the gradients or use backend='torch'")
-    from triton import knobs
-from threadpoolctl import threadpool_limits  # the interpreter's numpy BLAS threads would fight torch's on few cores
-    if not chunks[0].is_cuda and not knobs.runtime.interpret:
+        raise DataeffError(f"backend='triton': dtypes {sorted({str(c.dtype) for c in chunks})} not all in {[str(d) for d in kernels.SUPPORTED_DTYPES]}; cast the gradients or use backend='torch'")
+    if not chunks[0].is_cuda and not kernels.INTERPRET:
         raise DataeffError("backend='triton': tensors are on the CPU; move them to CUDA, set TRITON_INTERPRET=1 before importing triton, or use backend='torch'")
     return "triton"
 
-# %% ../nbs/05_similarity.ipynb #46a2b6dd
+# %% ../nbs/05_similarity.ipynb #cdb283b3
 def _first_nonfinite(chunks, row):
     "(chunk index, column) of the first non-finite entry of `row`, or None."
     for i, c in enumerate(chunks):
@@ -93,11 +90,11 @@ def _first_nonfinite(chunks, row):
         if len(bad): return i, int(bad[0])
     return None
 
-# %% ../nbs/05_similarity.ipynb #407ebf58
+# %% ../nbs/05_similarity.ipynb #74b59116
 def gram(x, backend="auto") -> torch.Tensor:
     "Raw Gram matrix X·Xᵀ (k × k float64, on x's device) of a k × D tensor or a list of k × d_l column chunks."
     chunks = _as_chunks(x)
-    if _pick_backend(chunks, backend) == "triton": g = _triton_gram()[0](chunks)
+    if _pick_backend(chunks, backend) == "triton": g = _triton_kernels().gram_triton(chunks)
     else: g = _gram_torch(chunks)
     diag = g.diagonal()
     for row in (~torch.isfinite(diag)).nonzero().flatten().tolist():
@@ -108,7 +105,7 @@ def gram(x, backend="auto") -> torch.Tensor:
         g = _gram_torch(chunks, work_dtype=torch.float64)  # fp32 products over- or underflowed: redo in float64
     return g
 
-# %% ../nbs/05_similarity.ipynb #6b96fa62
+# %% ../nbs/05_similarity.ipynb #6fe2df65
 def pairwise_cosine(x, backend="auto", allow_zero=False) -> torch.Tensor:
     "Cosine similarity of every pair of rows (k × k float64, unit diagonal); zero rows raise unless `allow_zero` (then NaN)."
     g = gram(x, backend)
@@ -124,7 +121,7 @@ def pairwise_cosine(x, backend="auto", allow_zero=False) -> torch.Tensor:
     cos[:, zero] = math.nan
     return cos
 
-# %% ../nbs/05_similarity.ipynb #d371896f
+# %% ../nbs/05_similarity.ipynb #1a24c0ca
 def median_pairwise_cosine(x, backend="auto", allow_zero=False) -> float:
     "Median of the cosines of pairs i < j (numpy convention: mean of the middle two for an even count); NaN pairs excluded."
     cos = pairwise_cosine(x, backend, allow_zero)
