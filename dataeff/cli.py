@@ -13,6 +13,7 @@ from .core import DataeffError
 # %% ../nbs/90_cli.ipynb #0564e26f
 COMMANDS = {  # subcommand: (module that configures it, one-line help)
     "auc": ("dataeff.curves", "data-efficiency AUC of measured fine-tuning curves"),
+    "curve": ("dataeff.finetune", "measure a data-efficiency curve: fine-tune at each budget and evaluate"),
     "calibrate": ("dataeff.calibrate", "fit AUC = c·CoS-Low + I to your tasks and save the calibration"),
     "tasks": ("dataeff.tasks", "list the built-in tasks, or write a pool of one (tasks make NAME --n N --out POOL)"),
     "predict": ("dataeff.predict", "predict AUC' and the budget per target from a CoS-Low, with intervals"),
