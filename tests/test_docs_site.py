@@ -206,3 +206,88 @@ def test_search_finds_a_symbol(page):
 def _shot(name):
     SHOTS.mkdir(exist_ok=True)
     return SHOTS/name
+
+
+# ---------------------------------------------------------------- the Markdown conversion, without a browser
+
+def _cfg():
+    from types import SimpleNamespace
+    return SimpleNamespace(doc_host="https://dataeff.github.io", doc_baseurl="/dataeff")
+
+
+def _code(src, *outputs): return {"cell_type": "code", "source": src, "metadata": {}, "outputs": list(outputs)}
+def _plain(text): return {"output_type": "execute_result", "data": {"text/plain": text}, "metadata": {}}
+
+
+PNG_1PX = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+PAGES = {"00_core.ipynb": "core", "01_curves.ipynb": "curves", "index.ipynb": "index"}
+
+
+def _sample_nb():
+    return {"cells": [
+        {"cell_type": "raw", "metadata": {}, "source": "---\ntitle: Curves\ndescription: 'The `AUC` metric'\n---\n"},
+        {"cell_type": "markdown", "metadata": {}, "source": "## The metric\n\nSee [core](00_core.ipynb#atomic_write), "
+         "[the API](https://dataeff.github.io/dataeff/core.html#read_json) and $x^p$."},
+        _code("#| echo: false\nhidden_source()", _plain("shown output")),
+        _code("#| include: false\nnot_included()", _plain("not included output")),
+        _code("#| output: false\nshown_source()", _plain("suppressed output")),
+        _code("#| fig-cap: A curve\nplot()", {"output_type": "display_data", "data": {"image/png": PNG_1PX, "text/plain": "<Figure>"}, "metadata": {}}),
+        _code("#| echo: false\n#| output: asis\nshow_doc(f)", {"output_type": "execute_result", "metadata": {}, "data": {
+            "text/markdown": "---\n\n[source](https://github.com/x/y.py#L1){target=\"_blank\"}\n\n### power_curve\n\n```python\ndef power_curve(x, p):\n```",
+            "text/plain": "def power_curve"}}),
+        _code("df", {"output_type": "execute_result", "metadata": {}, "data": {"text/html": "<table class=\"dataframe\"><tr><td>1</td></tr></table>", "text/plain": "df"}}),
+        _code("print(1)", {"output_type": "stream", "name": "stderr", "text": "10%|#  |\r100%|###|\n"}),
+    ]}
+
+
+def test_page_honours_cell_options_and_rewrites_links(tmp_path):
+    page = bd.Page("01_curves.ipynb", _sample_nb(), _cfg(), PAGES, "site", tmp_path, "curves_files")
+    md = page.render()
+    assert md.startswith("---\ntitle: Curves\ndescription: The `AUC` metric\n---\n\n# Curves\n")
+    assert "shown output" in md and "hidden_source" not in md
+    assert "not_included" not in md and "not included output" not in md
+    assert "shown_source()" in md and "suppressed output" not in md
+    assert "![A curve](curves_files/figure-1.png)" in md and list(page.files) == ["curves_files/figure-1.png"]
+    assert "[core](core.md#atomic_write)" in md and "[the API](core.md#read_json)" in md
+    assert "## The metric {#the-metric}" in md and "### power_curve {#power_curve}" in md
+    assert '<table class="dataframe">' in md and "```python\ndef power_curve(x, p):\n```" in md
+    assert "100%|###|" in md and "10%|#" not in md   # a progress bar shows as its last state
+
+
+def test_readme_mode_links_to_the_doc_site(tmp_path):
+    md = bd.Page("01_curves.ipynb", _sample_nb(), _cfg(), PAGES, "readme", tmp_path, "curves_files").render()
+    assert md.startswith("# Curves\n\n> The `AUC` metric\n\n")
+    assert "[core](https://dataeff.github.io/dataeff/core.html#atomic_write)" in md
+    assert "{#" not in md and '{target="_blank"}' not in md and "[source](https://github.com/x/y.py#L1)\n" in md
+
+
+def test_nbdev_processing_keeps_title_prose_hides_cells_and_runs_no_notebook_code(tmp_path):
+    import nbformat
+    marker = tmp_path/"executed"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Tiny\n\n> What it is for.\n\nProse that nbdev would drop with the title."),
+                nbformat.v4.new_code_cell("#| export\ndef twice(x):\n    \"Double `x`.\"\n    return 2*x"),
+                nbformat.v4.new_code_cell("#| hide\nhidden_helper = 1"),
+                nbformat.v4.new_code_cell(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')")]
+    src, dst = tmp_path/"tiny.ipynb", tmp_path/"tiny_proc.ipynb"
+    nbformat.write(nb, src)
+    assert bd._process_notebook(str(src), str(dst)) is None
+    md = bd.Page("tiny.ipynb", json.loads(dst.read_text()), _cfg(), {"tiny.ipynb": "tiny"}, "site", tmp_path, "tiny_files").render()
+    assert "title: Tiny" in md and "description: What it is for." in md
+    assert "Prose that nbdev would drop with the title." in md
+    assert "### twice {#twice}" in md and "*Double `x`.*" in md   # nbdev added and ran show_doc
+    assert "hidden_helper" not in md and "pathlib.Path(" in md
+    assert not marker.exists(), "the docs build executed a notebook cell that merely contains an import"
+
+
+def test_link_check_reports_missing_files_and_anchors(tmp_path):
+    (tmp_path/"a.html").write_text('<h2 id="here">x</h2><a href="#here">ok</a><a href="b.html#gone">x</a>'
+                                   '<a href="c.html">x</a><img src="a_files/f.png"><a href="/base/a.html#here">ok</a>'
+                                   '<a href="https://example.org/x">external</a>')
+    (tmp_path/"b.html").write_text('<h2 id="there">x</h2>')
+    with pytest.raises(bd.BuildError) as e: bd.check_site_links(tmp_path, "/base/")
+    msg = str(e.value)
+    assert "b.html#gone names no element id" in msg and "broken link c.html" in msg and "broken link a_files/f.png" in msg
+    assert "#here" not in msg and "example.org" not in msg
+    (tmp_path/"a.html").write_text('<h2 id="here">x</h2><a href="b.html#there">ok</a><a href="/base/b.html">ok</a>')
+    bd.check_site_links(tmp_path, "/base/")
