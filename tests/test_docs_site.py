@@ -47,8 +47,9 @@ def notebooks():
     out = {}
     for nb in bd.notebooks_in_order(cfg):
         cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
-        title = next((m.group(1) for c in cells if c["cell_type"] == "markdown"
-                      for m in [re.search(r"^#\s+(\S.*?)\s*$", "".join(c["source"]), re.M)] if m), nb.stem)
+        fm = re.search(r"^title:\s*['\"]?(.*?)['\"]?\s*$", "".join(cells[0]["source"]), re.M) if cells and cells[0]["cell_type"] == "raw" else None
+        title = fm.group(1) if fm else next((m.group(1) for c in cells if c["cell_type"] == "markdown"
+                                             for m in [re.search(r"^#\s+(\S.*?)\s*$", "".join(c["source"]), re.M)] if m), nb.stem)
         out[bd.page_name(nb.relative_to(cfg.nbs_path).as_posix())] = (nb, title)
     return out
 
@@ -113,9 +114,8 @@ def test_every_notebook_has_a_page_the_nav_reaches(page, notebooks):
     for name, (nb, title) in notebooks.items():
         assert name in nav_pages or (name == "index" and any(h in ("./", ".", "index.html") for h in nav_links)), \
             f"the nav has no link to {name}.html ({nb.name}); nav: {nav_links}"
-    for name, (nb, title) in notebooks.items():
+    for name, (nb, title) in notebooks.items():   # walk the nav from page to page
         if name == "index": continue
-        _goto(page, "index")
         page.click(f'nav.md-nav--primary a.md-nav__link[href="{name}.html"]')
         page.wait_for_load_state("load")
         assert page.url.split("#")[0].endswith(f"/{name}.html"), f"the nav link to {name}.html went to {page.url}"
