@@ -8,7 +8,7 @@ __all__ = ['DEFAULT_BUDGETS', 'METHODS', 'METRICS', 'DTYPES', 'CurveSettings', '
            'generate_answers', 'score_answers', 'budget_seed', 'default_output', 'measure_budget', 'summary_table',
            'run_curve', 'configure_curve']
 
-# %% ../nbs/09_finetune.ipynb #96c24e16
+# %% ../nbs/09_finetune.ipynb #ba5ac7e2
 import hashlib, json, math, random, sys, tempfile, time
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict, fields
@@ -24,7 +24,7 @@ from .tasks import TASKS, make_task
 from .models import DEFAULT_MODEL, load_model, encode_example, model_id
 from .curves import RESULT_SUFFIX
 
-# %% ../nbs/09_finetune.ipynb #2458f9ee
+# %% ../nbs/09_finetune.ipynb #31c08158
 DEFAULT_BUDGETS = (0, 50, 100, 200, 500, 1000, 2500, 5000)
 METHODS = ("full", "lora")
 METRICS = ("exact_match", "macro_f1")
@@ -77,7 +77,7 @@ class CurveSettings:
         if self.weight_decay < 0 or self.max_grad_norm < 0: bad("weight_decay" if self.weight_decay < 0 else "max_grad_norm", "must not be negative")
         return self
 
-# %% ../nbs/09_finetune.ipynb #ff49a9c3
+# %% ../nbs/09_finetune.ipynb #208c34e1
 def check_budgets(budgets, source="--budgets") -> list[int]:
     "`budgets` (a list, or text such as `0,50,100`) as a sorted list of distinct whole numbers ≥ 0; anything else is a `DataeffError`."
     if isinstance(budgets, str):
@@ -98,7 +98,7 @@ def validation_size(budget: int, settings=None) -> int:
     settings = settings or CurveSettings()
     return 0 if budget == 0 else max(settings.min_val, math.ceil(settings.val_fraction * budget))
 
-# %% ../nbs/09_finetune.ipynb #40015e77
+# %% ../nbs/09_finetune.ipynb #f85f948d
 @dataclass
 class CurveData:
     "The labelled pool in its seeded order (budget n trains on `pool[:n]`, validates on the next examples) and the test set."
@@ -167,7 +167,7 @@ def load_curve_data(task, budgets=DEFAULT_BUDGETS, settings=None, test=None, see
     if len(test_examples) > settings.eval_size: test_examples = _shuffled(test_examples, seed, "eval-sample")[:settings.eval_size]
     return CurveData(name, order, test_examples)
 
-# %% ../nbs/09_finetune.ipynb #8a51394d
+# %% ../nbs/09_finetune.ipynb #57709f9d
 def fit_budgets(budgets, data: CurveData, settings=None, cap=False) -> list[int]:
     "Check that every budget's training and validation examples fit in `data`'s pool; `cap` lowers budgets that do not fit to the largest that does."
     budgets, largest = check_budgets(budgets), data.largest_budget(settings)
@@ -178,7 +178,7 @@ def fit_budgets(budgets, data: CurveData, settings=None, cap=False) -> list[int]
                            f"but the pool holds {len(data.pool)} after setting the test set aside; lower the budget or pass --cap-budgets")
     return sorted({min(b, largest) for b in budgets})
 
-# %% ../nbs/09_finetune.ipynb #c0e35df5
+# %% ../nbs/09_finetune.ipynb #dd7c09b5
 def encode_for_training(tokenizer, example) -> tuple[list[int], int, int]:
     "Token ids of `example` with its target, cut after the loss span `[start, end)`: the answer plus the end-of-turn token after it."
     enc = encode_example(tokenizer, example)
@@ -206,7 +206,7 @@ def answer_loss(model, encoded, pad_id, device) -> torch.Tensor:
 
 def _loss_tokens(encoded): return sum(end - start for _, start, end in encoded)
 
-# %% ../nbs/09_finetune.ipynb #1225a35d
+# %% ../nbs/09_finetune.ipynb #926e6275
 def _micro_batches(items, size, rank, world):
     "This process's share of `items` in micro-batches of `size`, as `(chunk, weight)`; fillers of weight 0 keep all processes at the same count."
     share = items[rank::world]
@@ -231,7 +231,7 @@ def validation_loss(model, tokenizer, examples, settings=None, accelerator=None)
     model.train(was_training)
     return accelerator.reduce(total, "sum").item() / _loss_tokens(encoded)
 
-# %% ../nbs/09_finetune.ipynb #df25a6bf
+# %% ../nbs/09_finetune.ipynb #532c4356
 def _local(p): return p.to_local() if hasattr(p, "to_local") else p  # FSDP2 parameters are DTensors: keep this process's shard
 
 def _snapshot(params): return [_local(p).detach().to("cpu", copy=True) for p in params]
@@ -251,7 +251,7 @@ def _batches(n, size, seed):
         yield stream[:size]
         stream = stream[size:]
 
-# %% ../nbs/09_finetune.ipynb #1ed5066d
+# %% ../nbs/09_finetune.ipynb #3ddeb3aa
 def finetune(model, tokenizer, train, validation, settings=None, seed=0, accelerator=None, desc="fine-tuning", progress=True) -> dict:
     """Fine-tune `model` (its trainable parameters) in place on `train`, validating on `validation`, and leave the best weights in it.
     Returns `{"val_loss", "initial_val_loss", "steps", "best_step"}`."""
@@ -298,7 +298,7 @@ def finetune(model, tokenizer, train, validation, settings=None, seed=0, acceler
     accelerator.free_memory()  # drops the accelerator's references to the wrapper and optimiser state
     return {"val_loss": best, "initial_val_loss": initial, "steps": step, "best_step": best_step}
 
-# %% ../nbs/09_finetune.ipynb #e40669ba
+# %% ../nbs/09_finetune.ipynb #ecd09cff
 def _stop_ids(tokenizer, example):
     "Token ids that end an answer: the tokenizer's EOS and the token `encode_example` puts after the answer."
     enc = encode_example(tokenizer, example)
@@ -339,7 +339,7 @@ def score_answers(predictions, targets, metric="exact_match") -> float:
     truth, guess = [normalise_answer(t) for t in targets], [normalise_answer(p) for p in predictions]
     return float(f1_score(truth, guess, labels=sorted(set(truth)), average="macro", zero_division=0))
 
-# %% ../nbs/09_finetune.ipynb #b46ea4b3
+# %% ../nbs/09_finetune.ipynb #3cbc384a
 def budget_seed(seed: int, budget: int) -> int:
     "The seed of one budget's training, from the run's seed and the budget alone (so a resumed run reproduces it)."
     return int.from_bytes(hashlib.sha256(f"dataeff-curve:{seed}:{budget}".encode()).digest()[:4], "little")
@@ -371,7 +371,7 @@ def _read_results(out) -> dict:
         raise DataeffError(f"{out}: not a results file written by dataeff curve; choose another --out or delete it")
     return results
 
-# %% ../nbs/09_finetune.ipynb #2e6eff69
+# %% ../nbs/09_finetune.ipynb #006374d0
 def _base_copy(model): return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 def _with_lora(model, settings):
@@ -399,7 +399,7 @@ def measure_budget(model, tokenizer, data, budget, settings=None, seed=0, accele
     return entry | stats | {"n_train": budget, "n_val": validation_size(budget, settings), "n_test": len(data.test),
                             "processes": accelerator.num_processes, "wall_time": round(time.perf_counter() - start, 3)}
 
-# %% ../nbs/09_finetune.ipynb #9067c36a
+# %% ../nbs/09_finetune.ipynb #4a629ebe
 def summary_table(results: dict) -> str:
     "Text table of a results file's entries by budget: score, best validation loss, steps run, wall time."
     lines = [f"{'budget':>7}  {'accuracy':>8}  {'val_loss':>8}  {'steps':>5}  {'time/s':>7}"]
@@ -446,7 +446,7 @@ def run_curve(task, model=DEFAULT_MODEL, budgets=DEFAULT_BUDGETS, out=None, test
     if original is not None: base.load_state_dict(original)  # hand a caller's model back as it came
     return results
 
-# %% ../nbs/09_finetune.ipynb #c1a00de7
+# %% ../nbs/09_finetune.ipynb #c95a0f4a
 def _curve_command(args):
     settings = CurveSettings(method=args.method, lr=args.lr, max_steps=args.max_steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                              warmup=args.warmup, weight_decay=args.weight_decay, eval_every=args.eval_every, patience=args.patience,
