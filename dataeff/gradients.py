@@ -6,16 +6,16 @@
 __all__ = ['LORA_TARGETS', 'LoraSpec', 'linear_layer_names', 'check_dtype', 'add_lora', 'lora_adapter', 'lora_tensors',
            'ExampleGradients', 'per_example_gradients']
 
-# %% ../nbs/04_gradients.ipynb #1d37e48e
+# %% ../nbs/04_gradients.ipynb #90fc9888
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import DataeffError
 
-# %% ../nbs/04_gradients.ipynb #5264964c
+# %% ../nbs/04_gradients.ipynb #b060a681
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 @dataclass(frozen=True)
@@ -30,12 +30,12 @@ class LoraSpec:
     def scale(self) -> float: return self.alpha / self.r
     def as_dict(self) -> dict: return {**asdict(self), "targets": list(self.targets)}
 
-# %% ../nbs/04_gradients.ipynb #ab17407c
+# %% ../nbs/04_gradients.ipynb #a06d19f8
 def linear_layer_names(model) -> list[str]:
     "The distinct names (last path component) of the model's `nn.Linear` layers — the valid LoRA targets."
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name})
 
-# %% ../nbs/04_gradients.ipynb #28fcdd84
+# %% ../nbs/04_gradients.ipynb #521bd5e8
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def check_dtype(dtype, device="cpu", what="model dtype") -> torch.dtype:
@@ -49,7 +49,7 @@ def check_dtype(dtype, device="cpu", what="model dtype") -> torch.dtype:
         raise DataeffError(f"{what} {dtype!s}: not supported on {device.type}; use one of {', '.join(supported)}")
     return resolved
 
-# %% ../nbs/04_gradients.ipynb #7b141d8e
+# %% ../nbs/04_gradients.ipynb #b5336c4d
 def add_lora(model, lora: LoraSpec = LoraSpec(), seed: int = 0):
     "Wrap `model` with a fresh LoRA adapter, initialised right after `torch.manual_seed(seed)` (global RNG state preserved), in eval mode."
     from peft import LoraConfig, get_peft_model
@@ -76,18 +76,19 @@ def lora_adapter(model, lora: LoraSpec = LoraSpec(), seed: int = 0):
         peft_model.unload()
         for name, p in model.named_parameters(): p.requires_grad_(flags[name])
 
-# %% ../nbs/04_gradients.ipynb #965904a9
-def lora_tensors(peft_model, include_lora_a: bool = False) -> list[tuple[str, torch.nn.Linear]]:
-    "`(parameter name, module)` of every LoRA weight kept in the gradient buffer, in the model's parameter order."
+# %% ../nbs/04_gradients.ipynb #3d27017d
+def lora_tensors(peft_model, include_lora_a: bool = False) -> list[tuple[str, torch.nn.Module, str, torch.nn.Parameter]]:
+    "`(parameter name, LoRA layer, 'lora_A' or 'lora_B', weight)` of every LoRA weight kept in the gradient buffer, in parameter order."
     kinds = ("lora_A", "lora_B") if include_lora_a else ("lora_B",)
     modules = dict(peft_model.named_modules())
     kept = []
-    for name, _ in peft_model.named_parameters():
-        path = name.rsplit(".", 1)[0]  # ...q_proj.lora_B.default
-        if name.endswith(".weight") and path.split(".")[-2] in kinds: kept.append((name, modules[path]))
+    for name, weight in peft_model.named_parameters():
+        parts = name.split(".")  # ... q_proj . lora_B . default . weight
+        if len(parts) >= 4 and parts[-1] == "weight" and parts[-3] in kinds:
+            kept.append((name, modules[".".join(parts[:-3])], parts[-3], weight))
     return kept
 
-# %% ../nbs/04_gradients.ipynb #15490623
+# %% ../nbs/04_gradients.ipynb #4e6d9ff2
 @dataclass
 class ExampleGradients:
     "Per-example gradients as per-tensor column chunks (row i of every chunk belongs to `ids[i]`), with per-example statistics."
@@ -102,7 +103,7 @@ class ExampleGradients:
     @property
     def dim(self) -> int: return sum(c.shape[1] for c in self.chunks)
 
-# %% ../nbs/04_gradients.ipynb #f002d316
+# %% ../nbs/04_gradients.ipynb #183a6e5a
 def _answer_losses(causal_lm, input_ids, spans, embeddings_require_grad):
     "Mean answer-token cross-entropy of each row of `input_ids`; `spans` holds each row's `(answer_start, answer_end)`."
     embeds = causal_lm.get_input_embeddings()(input_ids)
@@ -115,43 +116,52 @@ def _answer_losses(causal_lm, input_ids, spans, embeddings_require_grad):
     counts = torch.tensor([e - s for s, e in spans], dtype=torch.float32)
     return torch.zeros(len(spans)).index_add_(0, rows, token_losses) / counts
 
-# %% ../nbs/04_gradients.ipynb #d05c43f5
+# %% ../nbs/04_gradients.ipynb #6b948a37
 class _PerExampleGradHooks:
-    "Forward hooks recording each kept LoRA module's input, and output-gradient hooks writing `Σ_t g_t ⊗ x_t` per example into the buffer."
-    def __init__(self, modules, chunks, sq_norms):
+    "Hooks on the adapted base layers writing each example's LoRA weight gradients (from layer inputs and output gradients) into the buffer."
+    def __init__(self, kept, chunks, sq_norms):
         self.chunks, self.sq_norms, self.rows = chunks, sq_norms, None
-        self.handles = [m.register_forward_hook(self._forward_hook(l)) for l, m in enumerate(modules)]
+        by_layer = {}
+        for l, (_, layer, kind, _) in enumerate(kept): by_layer.setdefault(layer, []).append((l, kind))
+        self.handles = [layer.base_layer.register_forward_hook(self._forward_hook(layer, entries)) for layer, entries in by_layer.items()]
 
-    def _forward_hook(self, l):
+    def _forward_hook(self, layer, entries):
+        adapter = layer.active_adapters[0]
+        A, B, scale = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight, layer.scaling[adapter]
         def hook(module, inputs, output):
             x = inputs[0].detach()
-            output.register_hook(lambda g: self._write(l, x, g))
+            output.register_hook(lambda g: self._write(entries, x, g, A, B, scale))
         return hook
 
-    def _write(self, l, x, g):
-        per_example = torch.bmm(g.float().transpose(1, 2), x.float()).flatten(1)  # (B, d_out * d_in), same layout as weight.flatten()
-        self.chunks[l].index_copy_(0, self.rows, per_example.to(self.chunks[l].dtype))
-        self.sq_norms.index_add_(0, self.rows, per_example.double().square().sum(1))
+    def _write(self, entries, x, g, A, B, scale):
+        x, g = x.float(), g.float()
+        for l, kind in entries:
+            if kind == "lora_B": per_example = torch.bmm(g.transpose(1, 2), x @ A.float().T)   # (batch, d_out, r)
+            else: per_example = torch.bmm((g @ B.float()).transpose(1, 2), x)                # (batch, r, d_in)
+            per_example = (per_example * scale).flatten(1)
+            self.chunks[l].index_copy_(0, self.rows, per_example.to(self.chunks[l].dtype))
+            self.sq_norms.index_add_(0, self.rows, per_example.double().square().sum(1))
 
     def remove(self):
         for h in self.handles: h.remove()
 
-# %% ../nbs/04_gradients.ipynb #46bb54e2
+# %% ../nbs/04_gradients.ipynb #1e0c31e5
 @contextmanager
-def _frozen(params):
-    "Temporarily stop `params` from requiring gradients."
-    flags = [p.requires_grad for p in params]
-    for p in params: p.requires_grad_(False)
-    try: yield
-    finally:
-        for p, flag in zip(params, flags): p.requires_grad_(flag)
+def _batched_mode(peft_model, kept, chunks, sq_norms):
+    "Adapter disabled, hooks installed; only the input embeddings will ask for gradients."
+    if any(bool(layer.lora_B[layer.active_adapters[0]].weight.any()) for _, layer, _, _ in kept):
+        raise DataeffError("batched per-example gradients need a freshly initialised adapter (lora_B = 0); use method='sequential'")
+    hooks = _PerExampleGradHooks(kept, chunks, sq_norms)
+    try:
+        with peft_model.disable_adapter(): yield hooks
+    finally: hooks.remove()
 
-# %% ../nbs/04_gradients.ipynb #b9de14c1
+# %% ../nbs/04_gradients.ipynb #a20e1efe
 def per_example_gradients(peft_model, encoded: list[dict], ids: list, include_lora_a: bool = False, grad_dtype=torch.float32,
                           batch_size: int = 4, method: str = "batched", progress: bool = True) -> ExampleGradients:
     """Each example's answer-loss gradient w.r.t. the LoRA weights, streamed into a preallocated list of k x d_l chunks.
-    `encoded[i]` is `dataeff.models.encode_example` output for `ids[i]`. `method="batched"` recovers per-example gradients
-    from hooks in one backward pass per batch; `"sequential"` runs one backward per example and copies `.grad`."""
+    `encoded[i]` is `dataeff.models.encode_example` output for `ids[i]`. `method="batched"` (fresh adapter, lora_B = 0) recovers
+    per-example gradients from hooks in one backward pass per batch; `"sequential"` runs one backward per example and copies `.grad`."""
     if method not in ("batched", "sequential"): raise ValueError(f"method must be 'batched' or 'sequential', not {method!r}")
     if batch_size < 1: raise DataeffError(f"batch size {batch_size}: must be at least 1")
     grad_dtype = check_dtype(grad_dtype, "cpu", what="gradient buffer dtype")
@@ -167,16 +177,15 @@ def per_example_gradients(peft_model, encoded: list[dict], ids: list, include_lo
         elif enc["answer_start"] < 1: excluded[ex_id] = "empty prompt: no token precedes the answer"
         else: usable.append(i)
     device = param.device
-    chunks = [torch.zeros(len(usable), m.weight.numel(), dtype=grad_dtype, device=device) for _, m in kept]
+    chunks = [torch.zeros(len(usable), w.numel(), dtype=grad_dtype, device=device) for *_, w in kept]
     sq_norms = torch.zeros(len(usable), dtype=torch.float64, device=device)
     losses = torch.zeros(len(usable), dtype=torch.float64)
     order = sorted(range(len(usable)), key=lambda r: -len(encoded[usable[r]]["input_ids"]))  # similar lengths share a batch
     step = batch_size if method == "batched" else 1
     batches = [order[s:s + step] for s in range(0, len(order), step)]
     lora_params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
-    if method == "batched": hooks = _PerExampleGradHooks([m for _, m in kept], chunks, sq_norms)
     try:
-        with _frozen(lora_params) if method == "batched" else _frozen([]):
+        with _batched_mode(peft_model, kept, chunks, sq_norms) if method == "batched" else nullcontext() as hooks:
             for batch in tqdm(batches, desc="per-example gradients", disable=not progress, leave=False):
                 rows = [usable[r] for r in batch]
                 width = max(len(encoded[i]["input_ids"]) for i in rows)
@@ -190,13 +199,12 @@ def per_example_gradients(peft_model, encoded: list[dict], ids: list, include_lo
                     for p in lora_params: p.grad = None
                     batch_losses = _answer_losses(causal_lm, input_ids, spans, embeddings_require_grad=False)
                     batch_losses.sum().backward()
-                    for l, (_, m) in enumerate(kept):
-                        g = m.weight.grad.flatten()
+                    for l, (*_, w) in enumerate(kept):
+                        g = w.grad.flatten()
                         chunks[l][batch[0]].copy_(g)
                         sq_norms[batch[0]] += g.double().square().sum()
                 losses[batch] = batch_losses.detach().double()
     finally:
-        if method == "batched": hooks.remove()
         for p in lora_params: p.grad = None
     norms = sq_norms.sqrt().cpu()
     keep = []
@@ -205,7 +213,7 @@ def per_example_gradients(peft_model, encoded: list[dict], ids: list, include_lo
         elif norms[r] == 0: excluded[ids[i]] = "gradient norm is zero"
         else: keep.append(r)
     if len(keep) < len(usable): chunks = [c[keep] for c in chunks]
-    return ExampleGradients(ids=[ids[usable[r]] for r in keep], names=[n for n, _ in kept], chunks=chunks,
+    return ExampleGradients(ids=[ids[usable[r]] for r in keep], names=[n for n, *_ in kept], chunks=chunks,
                             losses=[float(losses[r]) for r in keep], grad_norms=[float(norms[r]) for r in keep],
                             answer_tokens=[encoded[usable[r]]["answer_end"] - encoded[usable[r]]["answer_start"] for r in keep],
                             excluded=excluded)

@@ -1,0 +1,165 @@
+import math
+import pytest
+import torch
+from dataeff.core import DataeffError
+from dataeff.models import tiny_model
+from dataeff.gradients import (LoraSpec, add_lora, check_dtype, linear_layer_names, lora_adapter, lora_tensors,
+                               per_example_gradients)
+
+SPEC = LoraSpec(r=8, alpha=16, dropout=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model(seed=0)[0]
+
+
+def random_encoded(n, seed=0, vocab=300):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(5, 30, (1,), generator=g))
+        answer = int(torch.randint(1, 4, (1,), generator=g))
+        ids = torch.randint(3, vocab, (length,), generator=g).tolist()
+        out.append(dict(input_ids=ids, answer_start=length - answer - 1, answer_end=length - 1))
+    return out
+
+
+def as_matrix(chunks):
+    return torch.cat([c.double() for c in chunks], 1)
+
+
+def cosines(chunks):
+    x = as_matrix(chunks)
+    x = x / x.norm(dim=1, keepdim=True)
+    return x @ x.T
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_batched_equals_one_at_a_time(tiny, batch_size):
+    enc, ids = random_encoded(9, seed=batch_size), [f"e{i}" for i in range(9)]
+    with lora_adapter(tiny, SPEC, seed=1) as peft_model:
+        batched = per_example_gradients(peft_model, enc, ids, batch_size=batch_size, progress=False)
+        sequential = per_example_gradients(peft_model, enc, ids, method="sequential", progress=False)
+    assert batched.ids == sequential.ids == ids
+    assert batched.names == sequential.names
+    for b, s in zip(batched.chunks, sequential.chunks):
+        assert float((b - s).norm() / s.norm()) < 1e-5
+    for i in range(9):  # per example, over the whole gradient
+        diff = math.sqrt(sum(float((b[i] - s[i]).double().square().sum()) for b, s in zip(batched.chunks, sequential.chunks)))
+        assert diff / sequential.grad_norms[i] < 1e-5
+    assert batched.losses == pytest.approx(sequential.losses, rel=1e-6)
+
+
+def test_rows_are_autograd_gradients_of_each_examples_own_loss(tiny):
+    enc, ids = random_encoded(5, seed=7), list("abcde")
+    with lora_adapter(tiny, SPEC, seed=0) as peft_model:
+        grads = per_example_gradients(peft_model, enc, ids, batch_size=5, progress=False)
+        params = dict(peft_model.named_parameters())
+        for i, e in enumerate(enc):
+            input_ids = torch.tensor([e["input_ids"]])
+            labels = torch.full_like(input_ids, -100)
+            labels[0, e["answer_start"]:e["answer_end"]] = input_ids[0, e["answer_start"]:e["answer_end"]]
+            loss = peft_model(input_ids=input_ids, labels=labels).loss
+            direct = torch.autograd.grad(loss, [params[n] for n in grads.names])
+            assert loss.item() == pytest.approx(grads.losses[i], rel=1e-5)
+            ref = torch.cat([d.flatten().double() for d in direct])
+            assert float((as_matrix([c[i:i + 1] for c in grads.chunks])[0] - ref).norm() / ref.norm()) < 1e-5
+            assert grads.grad_norms[i] == pytest.approx(float(ref.norm()), rel=1e-5)
+    assert grads.answer_tokens == [e["answer_end"] - e["answer_start"] for e in enc]
+
+
+def test_lora_a_gradients_are_zero_and_leave_cosines_unchanged(tiny):
+    enc, ids = random_encoded(6, seed=3), list("abcdef")
+    with lora_adapter(tiny, SPEC, seed=0) as peft_model:
+        b_only = per_example_gradients(peft_model, enc, ids, progress=False)
+        both = per_example_gradients(peft_model, enc, ids, include_lora_a=True, progress=False)
+    assert sum(".lora_A." in n for n in both.names) == len(b_only.names)
+    assert all(bool((c == 0).all()) for n, c in zip(both.names, both.chunks) if ".lora_A." in n)
+    assert torch.allclose(cosines(both.chunks), cosines(b_only.chunks), rtol=0, atol=1e-12)
+    assert both.grad_norms == pytest.approx(b_only.grad_norms, rel=1e-12)
+
+
+def test_dropout_is_inactive_even_if_the_model_was_in_train_mode(tiny):
+    enc, ids = random_encoded(5, seed=4), list("abcde")
+    with lora_adapter(tiny, LoraSpec(r=8, alpha=16, dropout=0.5), seed=0) as peft_model:
+        peft_model.train()
+        with_dropout = per_example_gradients(peft_model, enc, ids, progress=False)
+        assert not any(m.training for m in peft_model.modules())
+        again = per_example_gradients(peft_model, enc, ids, progress=False)
+    with lora_adapter(tiny, LoraSpec(r=8, alpha=16, dropout=0.0), seed=0) as peft_model:
+        without = per_example_gradients(peft_model, enc, ids, progress=False)
+    for a, b, c in zip(with_dropout.chunks, again.chunks, without.chunks):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_lora_init_is_seeded_and_the_model_is_restored(tiny):
+    before = {n: p.clone() for n, p in tiny.state_dict().items()}
+    rng_state = torch.random.get_rng_state()
+    with lora_adapter(tiny, SPEC, seed=5) as m: a5 = [p.clone() for n, p in m.named_parameters() if "lora_A" in n]
+    with lora_adapter(tiny, SPEC, seed=5) as m: again = [p.clone() for n, p in m.named_parameters() if "lora_A" in n]
+    with lora_adapter(tiny, SPEC, seed=6) as m:
+        a6 = [p.clone() for n, p in m.named_parameters() if "lora_A" in n]
+        assert all(bool((p == 0).all()) for n, p in m.named_parameters() if "lora_B" in n)
+    assert all(torch.equal(x, y) for x, y in zip(a5, again))
+    assert not torch.equal(a5[0], a6[0])
+    assert torch.equal(torch.random.get_rng_state(), rng_state)  # the global RNG is left alone
+    after = tiny.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[n], after[n]) for n in before)
+    assert all(p.requires_grad for p in tiny.parameters())
+
+
+def test_bad_lora_target_lists_the_linear_layers():
+    model = tiny_model()[0]
+    with pytest.raises(DataeffError) as e: add_lora(model, LoraSpec(targets=("q_proj", "query_key_value")))
+    msg = str(e.value)
+    assert "query_key_value" in msg and "\n" not in msg
+    for name in linear_layer_names(model): assert name in msg
+
+
+def test_unsupported_dtypes_are_clear_errors(tiny):
+    with pytest.raises(DataeffError, match="float16.*not supported on cpu"): check_dtype("float16", "cpu")
+    with pytest.raises(DataeffError, match="int8"): check_dtype("int8", "cpu")
+    assert check_dtype("float32") is torch.float32
+    with lora_adapter(tiny, SPEC) as m:
+        with pytest.raises(DataeffError, match="gradient buffer dtype"): per_example_gradients(m, random_encoded(2), ["a", "b"], grad_dtype=torch.float64)
+
+
+def test_bfloat16_buffer(tiny):
+    enc, ids = random_encoded(6, seed=5), list("abcdef")
+    with lora_adapter(tiny, SPEC) as m:
+        full = per_example_gradients(m, enc, ids, progress=False)
+        half = per_example_gradients(m, enc, ids, grad_dtype="bfloat16", progress=False)
+    assert all(c.dtype == torch.bfloat16 for c in half.chunks)
+    assert half.grad_norms == pytest.approx(full.grad_norms, rel=1e-6)  # norms come from the fp32 gradients
+    assert torch.allclose(cosines(half.chunks), cosines(full.chunks), atol=1e-2)
+
+
+def test_exclusions_are_reported_and_never_nan(tiny):
+    enc, ids = random_encoded(4, seed=6), ["a", "b", "c", "d"]
+    enc[2] = dict(enc[2], answer_end=enc[2]["answer_start"])
+    with lora_adapter(tiny, SPEC) as m:
+        res = per_example_gradients(m, enc, ids, progress=False)
+        assert res.ids == ["a", "b", "d"] and res.excluded == {"c": "empty answer after tokenisation"}
+        assert all(c.shape[0] == 3 for c in res.chunks)
+        assert all(math.isfinite(x) for x in res.grad_norms + res.losses)
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if "lora_A" in n: p.zero_()
+        zero = per_example_gradients(m, enc[:2], ids[:2], progress=False)
+    assert zero.ids == [] and zero.excluded == {"a": "gradient norm is zero", "b": "gradient norm is zero"}
+
+
+def test_lora_tensors_order_matches_parameters(tiny):
+    with lora_adapter(tiny, SPEC) as m:
+        names = [n for n, *_ in lora_tensors(m)]
+        assert names == [n for n, _ in m.named_parameters() if ".lora_B." in n]
+        params = dict(m.named_parameters())
+        assert all(w is params[n] and kind == "lora_B" and layer.lora_B["default"].weight is w for n, layer, kind, w in lora_tensors(m))
+        assert len(lora_tensors(m, include_lora_a=True)) == 2 * len(names)
+
+
+def test_batched_path_refuses_a_trained_adapter(tiny):
+    with lora_adapter(tiny, SPEC) as m:
+        with torch.no_grad(): next(p for n, p in m.named_parameters() if "lora_B" in n).fill_(0.01)
+        with pytest.raises(DataeffError, match="sequential"): per_example_gradients(m, random_encoded(2), ["a", "b"], progress=False)
