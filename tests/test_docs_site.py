@@ -241,7 +241,7 @@ def _sample_nb():
 
 
 def test_page_honours_cell_options_and_rewrites_links(tmp_path):
-    page = bd.Page("01_curves.ipynb", _sample_nb(), _cfg(), PAGES, "site", tmp_path, "curves_files")
+    page = bd.Page("01_curves.ipynb", _sample_nb(), _cfg(), PAGES, "site", "curves_files")
     md = page.render()
     assert md.startswith("---\ntitle: Curves\ndescription: The `AUC` metric\n---\n\n# Curves\n")
     assert "shown output" in md and "hidden_source" not in md
@@ -255,7 +255,7 @@ def test_page_honours_cell_options_and_rewrites_links(tmp_path):
 
 
 def test_readme_mode_links_to_the_doc_site(tmp_path):
-    md = bd.Page("01_curves.ipynb", _sample_nb(), _cfg(), PAGES, "readme", tmp_path, "curves_files").render()
+    md = bd.Page("01_curves.ipynb", _sample_nb(), _cfg(), PAGES, "readme", "curves_files").render()
     assert md.startswith("# Curves\n\n> The `AUC` metric\n\n")
     assert "[core](https://dataeff.github.io/dataeff/core.html#atomic_write)" in md
     assert "{#" not in md and '{target="_blank"}' not in md and "[source](https://github.com/x/y.py#L1)\n" in md
@@ -272,7 +272,7 @@ def test_nbdev_processing_keeps_title_prose_hides_cells_and_runs_no_notebook_cod
     src, dst = tmp_path/"tiny.ipynb", tmp_path/"tiny_proc.ipynb"
     nbformat.write(nb, src)
     assert bd._process_notebook(str(src), str(dst)) is None
-    md = bd.Page("tiny.ipynb", json.loads(dst.read_text()), _cfg(), {"tiny.ipynb": "tiny"}, "site", tmp_path, "tiny_files").render()
+    md = bd.Page("tiny.ipynb", json.loads(dst.read_text()), _cfg(), {"tiny.ipynb": "tiny"}, "site", "tiny_files").render()
     assert "title: Tiny" in md and "description: What it is for." in md
     assert "Prose that nbdev would drop with the title." in md
     assert "### twice {#twice}" in md and "*Double `x`.*" in md   # nbdev added and ran show_doc
