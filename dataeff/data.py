@@ -6,13 +6,13 @@
 __all__ = ['Example', 'read_examples', 'write_examples', 'normalise_answer', 'exact_match', 'write_to_annotate',
            'read_annotations']
 
-# %% ../nbs/02a_data.ipynb #d211d1e8
+# %% ../nbs/02a_data.ipynb #456354df
 import json
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from .core import DataeffError, atomic_write
 
-# %% ../nbs/02a_data.ipynb #5cf71e10
+# %% ../nbs/02a_data.ipynb #4a7f3b19
 @dataclass
 class Example:
     "One task example; `raw` inputs are complete prompts used as they are (no chat template)."
@@ -22,7 +22,7 @@ class Example:
     instruction: str | None = None
     raw: bool = False
 
-# %% ../nbs/02a_data.ipynb #b5fd2c72
+# %% ../nbs/02a_data.ipynb #fc999d07
 def _check_unique(path, examples, where):
     "Raise a `DataeffError` at the first repeated id; `where(i)` names the record of example `i`."
     seen = {}
@@ -43,7 +43,7 @@ def _text(value, path, record, field, required):
     if required and not value.strip(): raise DataeffError(f"{path}: {record}: {field!r} is empty; remove the record or fill it in")
     return value
 
-# %% ../nbs/02a_data.ipynb #803863e6
+# %% ../nbs/02a_data.ipynb #839dd732
 def _read_jsonl(path):
     examples, lines = [], []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -60,7 +60,7 @@ def _read_jsonl(path):
         lines.append(lineno)
     return _check_unique(path, examples, lambda i: f"line {lines[i]}")
 
-# %% ../nbs/02a_data.ipynb #800aa7ec
+# %% ../nbs/02a_data.ipynb #541a9abd
 def _bigbench_example(rec, i, path, instruction):
     where = f"examples[{i}]"
     if not isinstance(rec, dict): raise DataeffError(f"{path}: {where}: expected an object with 'input'; fix the record")
@@ -95,7 +95,7 @@ def _read_json(path):
         return _check_unique(path, examples, lambda i: f"item {i}")
     raise DataeffError(f"{path}: neither a BIG-bench task (an object with 'examples') nor a list of {{input_text, ground_truth}}; use one of these or JSONL")
 
-# %% ../nbs/02a_data.ipynb #172fcd78
+# %% ../nbs/02a_data.ipynb #e3bdb856
 def read_examples(path) -> list[Example]:
     "Read a pool: JSONL `{id?, input, target?, instruction?}`, a BIG-bench `task.json`, or the authors' JSON list of `{input_text, ground_truth?}` (raw prompts)."
     path = Path(path)
@@ -104,13 +104,13 @@ def read_examples(path) -> list[Example]:
     if path.suffix == ".jsonl": return _read_jsonl(path)
     raise DataeffError(f"{path}: unknown pool format; name it .jsonl (one example per line) or .json (BIG-bench task or the authors' list)")
 
-# %% ../nbs/02a_data.ipynb #c294f1e3
+# %% ../nbs/02a_data.ipynb #7a07b34a
 def write_examples(path, examples):
     "Write `examples` atomically as JSONL (fields that are None or False are left out)."
     lines = [json.dumps({k: v for k, v in asdict(ex).items() if v is not None and v is not False}, ensure_ascii=False) for ex in examples]
     return atomic_write(path, "".join(line + "\n" for line in lines))
 
-# %% ../nbs/02a_data.ipynb #9929052c
+# %% ../nbs/02a_data.ipynb #46af6b58
 def normalise_answer(s: str) -> str:
     "Lower-case, strip whitespace and a trailing '.', remove all spaces (the paper's normalisation)."
     s = s.strip().lower()
@@ -121,10 +121,10 @@ def exact_match(prediction: str, target: str) -> bool:
     "Whether `prediction` and `target` agree after `normalise_answer`."
     return normalise_answer(prediction) == normalise_answer(target)
 
-# %% ../nbs/02a_data.ipynb #415483f3
+# %% ../nbs/02a_data.ipynb #23bb771e
 def write_to_annotate(path, examples):
-    "Write `examples` as JSONL `{id, input, target: \"\"}` for a person to label."
-    return atomic_write(path, "".join(json.dumps({"id": ex.id, "input": ex.input, "target": ""}, ensure_ascii=False) + "\n" for ex in examples))
+    "Write `examples` as JSONL `{id, input, target}` for a person to label; the target is empty unless the example already has one."
+    return atomic_write(path, "".join(json.dumps({"id": ex.id, "input": ex.input, "target": ex.target or ""}, ensure_ascii=False) + "\n" for ex in examples))
 
 def read_annotations(path, pool: list[Example]) -> list[Example]:
     "Join the labels in the annotation file `path` to `pool` by id: the pool's examples with the person's targets."

@@ -64,6 +64,8 @@ def test_annotation_round_trip(tmp_path):
     write_to_annotate(tmp_path/"t.jsonl", pool)
     assert [json.loads(l)["target"] for l in (tmp_path/"t.jsonl").read_text().splitlines()] == ["", ""]
     with pytest.raises(DataeffError, match="'a' has an empty target"): read_annotations(tmp_path/"t.jsonl", pool)
+    write_to_annotate(tmp_path/"t.jsonl", [Example("b", "in b", "known")])
+    assert read_annotations(tmp_path/"t.jsonl", pool) == [Example("b", "in b", "known")]
     write(tmp_path, "t.jsonl", '{"id": "b", "input": "in b", "target": " yes "}\n{"id": "a", "input": "in a", "target": "no"}\n')
     assert read_annotations(tmp_path/"t.jsonl", pool) == [Example("b", "in b", "yes"), Example("a", "in a", "no", "I")]
     write(tmp_path, "t.jsonl", '{"id": "c", "input": "?", "target": "no"}\n')

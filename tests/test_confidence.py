@@ -1,0 +1,128 @@
+import json, os
+import pytest
+import torch
+from dataeff.cli import main
+from dataeff.confidence import read_scores, score_examples, score_pool, select_low_confidence
+from dataeff.core import DataeffError
+from dataeff.data import Example, read_annotations, read_examples, write_examples
+from dataeff.models import render_prompt
+from dataeff.tasks import make_task
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return make_task("boolean_expressions", 20, seed=1) + make_task("word_sorting", 12, seed=1)
+
+
+def two_pass_float64(model, tok, example, max_new_tokens):
+    "Reference: greedy generation one token at a time from full float64 forward passes, then confidence of the answer."
+    ids = tok(render_prompt(tok, example), add_special_tokens=False)["input_ids"]
+    start, probs = len(ids), []
+    with torch.no_grad():
+        model.double()
+        for _ in range(max_new_tokens):
+            p = torch.softmax(model(torch.tensor([ids])).logits[0, -1], -1)
+            probs.append(p.max().item())
+            ids.append(int(p.argmax()))
+            if ids[-1] == tok.eos_token_id: break
+        model.float()
+    answer_probs = probs[:-1] if ids[-1] == tok.eos_token_id and len(probs) > 1 else probs
+    return sum(answer_probs) / len(answer_probs), tok.decode(ids[start:start + len(answer_probs)], skip_special_tokens=True).strip()
+
+
+def test_batch_size_does_not_change_scores(tiny, pool):
+    model, tok = tiny
+    one = score_examples(model, tok, pool, batch_size=1, max_new_tokens=10, progress=False)
+    sixteen = score_examples(model, tok, pool, batch_size=16, max_new_tokens=10, progress=False)
+    assert [s["id"] for s in one] == [ex.id for ex in pool]
+    assert [s["answer"] for s in one] == [s["answer"] for s in sixteen]
+    for a, b in zip(one, sixteen):
+        assert abs(a["avg_confidence"] - b["avg_confidence"]) <= 1e-4 and abs(a["ppl"] - b["ppl"]) <= 1e-4 * a["ppl"]
+
+
+def test_scores_match_a_float64_two_pass_reference(tiny, pool):
+    model, tok = tiny
+    scores = score_examples(model, tok, pool[:8], batch_size=4, max_new_tokens=10, progress=False)
+    for ex, s in zip(pool[:8], scores):
+        conf, answer = two_pass_float64(model, tok, ex, 10)
+        assert abs(s["avg_confidence"] - conf) <= 1e-4 and s["answer"] == answer
+        assert 0 < s["avg_confidence"] <= 1 and s["ppl"] >= 1
+
+
+def test_over_long_prompt_is_an_error_before_any_work(tiny, tmp_path):
+    model, tok = tiny
+    long = Example("long", "True and " * 400 + "False")
+    with pytest.raises(DataeffError, match="'long'.*exceeds.*context of 512"):
+        score_pool(model, tok, [Example("ok", "True")] + [long], tmp_path/"s.jsonl", max_new_tokens=4, progress=False)
+    assert not (tmp_path/"s.jsonl").exists()
+
+
+def test_score_pool_resumes_and_refuses_foreign_files(tiny, pool, tmp_path, monkeypatch):
+    model, tok = tiny
+    out = tmp_path/"scores.jsonl"
+    first = score_pool(model, tok, pool[:5], out, batch_size=2, max_new_tokens=6, progress=False)
+    import dataeff.confidence as confidence
+    seen, real = [], confidence.score_examples
+    monkeypatch.setattr(confidence, "score_examples", lambda m, t, exs, *a, **k: seen.extend(e.id for e in exs) or real(m, t, exs, *a, **k))
+    full = score_pool(model, tok, pool, out, batch_size=2, max_new_tokens=6, progress=False)
+    assert set(seen) == {ex.id for ex in pool[5:]} and full[:5] == first
+    assert [s["id"] for s in read_scores(out)] == [ex.id for ex in pool] and all(s["model"] == "tiny-llama-seed0" for s in full)
+    with pytest.raises(DataeffError, match="not in the pool"): score_pool(model, tok, pool[:3], out, progress=False)
+    out.write_text(out.read_text().replace("tiny-llama-seed0", "other"))
+    with pytest.raises(DataeffError, match="scored with model 'other'"): score_pool(model, tok, pool, out, progress=False)
+
+
+def test_selection_takes_a_seeded_sample_of_the_lowest_decile():
+    scores = [dict(id=f"x{i:03d}", avg_confidence=1 - i / 200, ppl=1 + i / 10) for i in range(200)]
+    picked = select_low_confidence(scores, k=5, seed=0)
+    assert len(set(picked)) == 5 and all(int(i[1:]) >= 180 for i in picked)
+    assert picked == select_low_confidence(scores, k=5, seed=0) != select_low_confidence(scores, k=5, seed=1)
+    assert set(select_low_confidence(scores, k=20, by="ppl")) == {f"x{i:03d}" for i in range(180, 200)}
+    tied = [dict(id=f"t{i:02d}", avg_confidence=0.5, ppl=2.0) for i in reversed(range(40))]
+    assert select_low_confidence(tied, k=4, seed=3) == sorted(select_low_confidence(tied, k=4, seed=3))
+    assert set(select_low_confidence(tied, k=4, seed=3)) <= {"t00", "t01", "t02", "t03"}  # ties broken by id
+    with pytest.raises(DataeffError, match="at least 210 examples"): select_low_confidence(scores, k=21)
+    with pytest.raises(DataeffError, match="rank by"): select_low_confidence(scores, by="loss")
+
+
+def test_cli_select_and_annotation_round_trip(tmp_path, capsys):
+    pool = [Example(f"e{i}", f"question {i}", None if i % 2 else str(i)) for i in range(50)]
+    write_examples(tmp_path/"pool.jsonl", pool)
+    scores = [dict(id=ex.id, avg_confidence=i / 50, ppl=1.0, answer="", model="m") for i, ex in enumerate(pool)]
+    (tmp_path/"s.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scores))
+    out = tmp_path/"to_annotate.jsonl"
+    assert main(["select", str(tmp_path/"s.jsonl"), "--pool", str(tmp_path/"pool.jsonl"), "--k", "5", "--out", str(out)]) == 0
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [l["id"] for l in lines] == ["e0", "e1", "e2", "e3", "e4"] and [l["target"] for l in lines] == ["0", "", "2", "", "4"]
+    assert "fill in the other 2 targets" in capsys.readouterr().out
+    with pytest.raises(DataeffError, match="empty target"): read_annotations(out, read_examples(tmp_path/"pool.jsonl"))
+    assert main(["select", str(tmp_path/"s.jsonl"), "--pool", str(tmp_path/"pool.jsonl"), "--k", "6", "--out", str(tmp_path/"x.jsonl")]) == 2
+    assert "at least 60" in capsys.readouterr().err and not (tmp_path/"x.jsonl").exists()
+
+
+@pytest.mark.parametrize("text, message", [("", "no examples"), ('{"input": "a"}\nnope\n', "line 2: not valid JSON"),
+                                           ('{"id": "a", "input": "x"}\n{"id": "a", "input": "y"}\n', "repeats line 1")])
+def test_cli_score_rejects_bad_pools_before_loading_a_model(tmp_path, capsys, text, message):
+    (tmp_path/"pool.jsonl").write_text(text)
+    assert main(["score", str(tmp_path/"pool.jsonl"), "--model", str(tmp_path/"no-model")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path/"pool.scores.jsonl").exists()
+
+
+def test_cli_score_unreachable_model(tmp_path, capsys):
+    write_examples(tmp_path/"pool.jsonl", [Example("a", "x")])
+    assert main(["score", str(tmp_path/"pool.jsonl"), "--model", str(tmp_path/"no-model")]) == 2
+    assert "cannot load" in capsys.readouterr().err and not (tmp_path/"pool.scores.jsonl").exists()
+
+
+def test_default_model_end_to_end(tmp_path, capsys):
+    "Integration: SmolLM2-135M-Instruct scores a 40-example unlabelled pool through the CLI, then 4 least-confident examples are selected."
+    assert main(["tasks", "make", "boolean_expressions", "--n", "40", "--seed", "0", "--out", str(tmp_path/"pool.jsonl"), "--unlabelled"]) == 0
+    assert main(["score", str(tmp_path/"pool.jsonl"), "--batch-size", "20", "--max-new-tokens", "8"]) == 0
+    scores = read_scores(tmp_path/"pool.scores.jsonl")
+    assert len(scores) == 40 and all(s["model"] == "smollm2-135m" and 0 < s["avg_confidence"] <= 1 for s in scores)
+    assert sum(s["answer"].lower().startswith(("true", "false")) for s in scores) >= 30  # a real instruct model answers the task
+    assert main(["select", str(tmp_path/"pool.scores.jsonl"), "--pool", str(tmp_path/"pool.jsonl"), "--k", "4", "--out", str(tmp_path/"a.jsonl")]) == 0
+    chosen = [json.loads(l)["id"] for l in (tmp_path/"a.jsonl").read_text().splitlines()]
+    lowest = sorted(scores, key=lambda s: (s["avg_confidence"], s["id"]))[:4]
+    assert chosen == [s["id"] for s in lowest]
