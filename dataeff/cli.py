@@ -18,6 +18,8 @@ COMMANDS = {  # subcommand: (module that configures it, one-line help)
     "tasks": ("dataeff.tasks", "list the built-in tasks, or write a pool of one (tasks make NAME --n N --out POOL)"),
     "predict": ("dataeff.predict", "predict AUC' and the budget per target from a CoS-Low, with intervals"),
     "savings": ("dataeff.savings", "simulate annotation savings of predicted budgets on measured curves"),
+    "score": ("dataeff.confidence", "score a pool by the model confidence of its greedy answers (resumable)"),
+    "select": ("dataeff.confidence", "pick the k least-confident examples of a scored pool for labelling"),
 }
 
 # %% ../nbs/90_cli.ipynb #052e6991
