@@ -20,6 +20,7 @@ COMMANDS = {  # subcommand: (module that configures it, one-line help)
     "savings": ("dataeff.savings", "simulate annotation savings of predicted budgets on measured curves"),
     "score": ("dataeff.confidence", "score a pool by the model confidence of its greedy answers (resumable)"),
     "select": ("dataeff.confidence", "pick the k least-confident examples of a scored pool for labelling"),
+    "coslow": ("dataeff.coslow", "CoS-Low of labelled low-confidence examples, with a bootstrap interval and the baselines"),
 }
 
 # %% ../nbs/90_cli.ipynb #052e6991
