@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['median_upper_pairs', 'bootstrap_interval', 'compute_coslow', 'configure_coslow']
 
-# %% ../nbs/06a_coslow.ipynb #3d3551a5
-import argparse, random, time
+# %% ../nbs/06a_coslow.ipynb #63302d44
+import random, time
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -14,11 +14,11 @@ import torch
 from .core import DataeffError, atomic_write_json
 from .data import Example, read_examples, exact_match
 from .models import DEFAULT_MODEL, load_model, model_id, encode_example
-from .confidence import score_examples, score_pool, read_scores, select_low_confidence
+from .confidence import score_examples, score_pool, select_low_confidence
 from .similarity import pairwise_cosine
 from .gradients import LoraSpec, LORA_TARGETS, lora_adapter, per_example_gradients, check_dtype
 
-# %% ../nbs/06a_coslow.ipynb #489c2c90
+# %% ../nbs/06a_coslow.ipynb #fea6c70d
 def median_upper_pairs(cosine) -> float:
     "Median of the cosines of pairs i < j of a k × k matrix (numpy convention)."
     cosine = np.asarray(cosine, dtype=np.float64)
@@ -41,7 +41,7 @@ def bootstrap_interval(cosine, n_resamples: int = 1000, seed: int = 0, level: fl
     point = median_upper_pairs(cosine)
     return [float(min(lo, point)), float(max(hi, point))]
 
-# %% ../nbs/06a_coslow.ipynb #221b8850
+# %% ../nbs/06a_coslow.ipynb #49aacca5
 @contextmanager
 def _stage(timings, name):
     start = time.perf_counter()
@@ -60,9 +60,9 @@ def _encode(tokenizer, examples, what):
         else: excluded[ex.id] = "empty answer after tokenisation"
     return kept, encoded, excluded
 
-# %% ../nbs/06a_coslow.ipynb #2b89b95b
+# %% ../nbs/06a_coslow.ipynb #a27aaab2
 def compute_coslow(model, tokenizer, examples: list[Example], seed: int = 0, lora: LoraSpec = LoraSpec(), include_lora_a: bool = False,
-                   grad_dtype=torch.float32, batch_size: int = 4, n_resamples: int = 1000, level: float = 0.95, scores: list[dict] | None = None,
+                   grad_dtype=torch.float32, batch_size: int = 2, n_resamples: int = 1000, level: float = 0.95, scores: list[dict] | None = None,
                    random_examples: list[Example] | None = None, baselines: bool = True, progress: bool = True) -> dict:
     """CoS-Low of the labelled `examples` (normally the k least-confident) with its bootstrap interval, per-example diagnostics and baselines.
     `scores`: confidence scores of `examples` if already known (else computed when `baselines`); `random_examples`: k labelled random pool examples for `cos_sim_k`."""
@@ -107,7 +107,7 @@ def compute_coslow(model, tokenizer, examples: list[Example], seed: int = 0, lor
             "cosine_matrix": cosine.tolist(), "losses": grads.losses, "grad_norms": grads.grad_norms, "answer_tokens": grads.answer_tokens,
             "baselines": base, "timings": timings}
 
-# %% ../nbs/06a_coslow.ipynb #3dce8b03
+# %% ../nbs/06a_coslow.ipynb #e8899b65
 def _lora_from_args(args) -> LoraSpec:
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     return LoraSpec(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets)
@@ -157,7 +157,7 @@ def _run_coslow(args):
     excluded = f", {len(report['excluded'])} excluded" if report["excluded"] else ""
     print(f"CoS-Low {report['coslow']:.4f} (95% interval {lo:.4f} to {hi:.4f}) from k = {report['k']} examples{excluded}; report written to {out}")
 
-# %% ../nbs/06a_coslow.ipynb #f3d1aea1
+# %% ../nbs/06a_coslow.ipynb #dc357482
 def configure_coslow(parser):
     "`dataeff coslow LABELLED --model M [--seed S] [--k K] [--out report.json]`, or `dataeff coslow POOL --select ...`."
     parser.add_argument("file", help="labelled examples (an annotated selection or any labelled file), or with --select a pool to score and select from")
@@ -171,7 +171,7 @@ def configure_coslow(parser):
     parser.add_argument("--dtype", default="float32", help="model dtype: float32 or bfloat16 (float16 on CUDA) (default float32)")
     parser.add_argument("--grad-dtype", default="float32", help="gradient buffer dtype: float32 or bfloat16 (default float32)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=4, help="examples per batched backward pass (default 4)")
+    parser.add_argument("--batch-size", type=int, default=2, help="examples per batched backward pass (default 2; more is barely faster on CPU and costs memory)")
     parser.add_argument("--score-batch-size", type=int, default=16, help="with --select: examples decoded together (default 16)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--lora-r", type=int, default=64, help="LoRA rank (default 64)")

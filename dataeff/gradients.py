@@ -6,7 +6,7 @@
 __all__ = ['LORA_TARGETS', 'LoraSpec', 'linear_layer_names', 'check_dtype', 'add_lora', 'lora_adapter', 'lora_tensors',
            'ExampleGradients', 'per_example_gradients']
 
-# %% ../nbs/04_gradients.ipynb #90fc9888
+# %% ../nbs/04_gradients.ipynb #bcf64d8e
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import DataeffError
 
-# %% ../nbs/04_gradients.ipynb #b060a681
+# %% ../nbs/04_gradients.ipynb #b86800e3
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 @dataclass(frozen=True)
@@ -26,16 +26,14 @@ class LoraSpec:
     dropout: float = 0.05
     targets: tuple = LORA_TARGETS
 
-    @property
-    def scale(self) -> float: return self.alpha / self.r
     def as_dict(self) -> dict: return {**asdict(self), "targets": list(self.targets)}
 
-# %% ../nbs/04_gradients.ipynb #a06d19f8
+# %% ../nbs/04_gradients.ipynb #bcf9814b
 def linear_layer_names(model) -> list[str]:
     "The distinct names (last path component) of the model's `nn.Linear` layers — the valid LoRA targets."
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name})
 
-# %% ../nbs/04_gradients.ipynb #521bd5e8
+# %% ../nbs/04_gradients.ipynb #78ee2572
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def check_dtype(dtype, device="cpu", what="model dtype") -> torch.dtype:
@@ -49,7 +47,7 @@ def check_dtype(dtype, device="cpu", what="model dtype") -> torch.dtype:
         raise DataeffError(f"{what} {dtype!s}: not supported on {device.type}; use one of {', '.join(supported)}")
     return resolved
 
-# %% ../nbs/04_gradients.ipynb #b5336c4d
+# %% ../nbs/04_gradients.ipynb #b1a4aa6d
 def add_lora(model, lora: LoraSpec = LoraSpec(), seed: int = 0):
     "Wrap `model` with a fresh LoRA adapter, initialised right after `torch.manual_seed(seed)` (global RNG state preserved), in eval mode."
     from peft import LoraConfig, get_peft_model
@@ -76,7 +74,7 @@ def lora_adapter(model, lora: LoraSpec = LoraSpec(), seed: int = 0):
         peft_model.unload()
         for name, p in model.named_parameters(): p.requires_grad_(flags[name])
 
-# %% ../nbs/04_gradients.ipynb #3d27017d
+# %% ../nbs/04_gradients.ipynb #622f3a94
 def lora_tensors(peft_model, include_lora_a: bool = False) -> list[tuple[str, torch.nn.Module, str, torch.nn.Parameter]]:
     "`(parameter name, LoRA layer, 'lora_A' or 'lora_B', weight)` of every LoRA weight kept in the gradient buffer, in parameter order."
     kinds = ("lora_A", "lora_B") if include_lora_a else ("lora_B",)
@@ -88,7 +86,7 @@ def lora_tensors(peft_model, include_lora_a: bool = False) -> list[tuple[str, to
             kept.append((name, modules[".".join(parts[:-3])], parts[-3], weight))
     return kept
 
-# %% ../nbs/04_gradients.ipynb #4e6d9ff2
+# %% ../nbs/04_gradients.ipynb #dc596bee
 @dataclass
 class ExampleGradients:
     "Per-example gradients as per-tensor column chunks (row i of every chunk belongs to `ids[i]`), with per-example statistics."
@@ -103,7 +101,7 @@ class ExampleGradients:
     @property
     def dim(self) -> int: return sum(c.shape[1] for c in self.chunks)
 
-# %% ../nbs/04_gradients.ipynb #183a6e5a
+# %% ../nbs/04_gradients.ipynb #e506fec7
 def _answer_losses(causal_lm, input_ids, spans, embeddings_require_grad):
     "Mean answer-token cross-entropy of each row of `input_ids`; `spans` holds each row's `(answer_start, answer_end)`."
     embeds = causal_lm.get_input_embeddings()(input_ids)
@@ -116,7 +114,7 @@ def _answer_losses(causal_lm, input_ids, spans, embeddings_require_grad):
     counts = torch.tensor([e - s for s, e in spans], dtype=torch.float32)
     return torch.zeros(len(spans)).index_add_(0, rows, token_losses) / counts
 
-# %% ../nbs/04_gradients.ipynb #6b948a37
+# %% ../nbs/04_gradients.ipynb #6377f8cd
 class _PerExampleGradHooks:
     "Hooks on the adapted base layers writing each example's LoRA weight gradients (from layer inputs and output gradients) into the buffer."
     def __init__(self, kept, chunks, sq_norms):
@@ -127,25 +125,26 @@ class _PerExampleGradHooks:
 
     def _forward_hook(self, layer, entries):
         adapter = layer.active_adapters[0]
-        A, B, scale = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight, layer.scaling[adapter]
+        scale = layer.scaling[adapter]
+        scaled_A, scaled_B = layer.lora_A[adapter].weight.detach().float() * scale, layer.lora_B[adapter].weight.detach().float() * scale
         def hook(module, inputs, output):
             x = inputs[0].detach()
-            output.register_hook(lambda g: self._write(entries, x, g, A, B, scale))
+            output.register_hook(lambda g: self._write(entries, x, g, scaled_A, scaled_B))
         return hook
 
-    def _write(self, entries, x, g, A, B, scale):
+    def _write(self, entries, x, g, scaled_A, scaled_B):
         x, g = x.float(), g.float()
         for l, kind in entries:
-            if kind == "lora_B": per_example = torch.bmm(g.transpose(1, 2), x @ A.float().T)   # (batch, d_out, r)
-            else: per_example = torch.bmm((g @ B.float()).transpose(1, 2), x)                # (batch, r, d_in)
-            per_example = (per_example * scale).flatten(1)
+            if kind == "lora_B": per_example = torch.bmm(g.transpose(1, 2), x @ scaled_A.T)  # (batch, d_out, r)
+            else: per_example = torch.bmm((g @ scaled_B).transpose(1, 2), x)               # (batch, r, d_in)
+            per_example = per_example.flatten(1)
             self.chunks[l].index_copy_(0, self.rows, per_example.to(self.chunks[l].dtype))
             self.sq_norms.index_add_(0, self.rows, per_example.double().square().sum(1))
 
     def remove(self):
         for h in self.handles: h.remove()
 
-# %% ../nbs/04_gradients.ipynb #1e0c31e5
+# %% ../nbs/04_gradients.ipynb #8e3e557e
 @contextmanager
 def _batched_mode(peft_model, kept, chunks, sq_norms):
     "Adapter disabled, hooks installed; only the input embeddings will ask for gradients."
@@ -156,9 +155,9 @@ def _batched_mode(peft_model, kept, chunks, sq_norms):
         with peft_model.disable_adapter(): yield hooks
     finally: hooks.remove()
 
-# %% ../nbs/04_gradients.ipynb #a20e1efe
+# %% ../nbs/04_gradients.ipynb #fc18ee2c
 def per_example_gradients(peft_model, encoded: list[dict], ids: list, include_lora_a: bool = False, grad_dtype=torch.float32,
-                          batch_size: int = 4, method: str = "batched", progress: bool = True) -> ExampleGradients:
+                          batch_size: int = 2, method: str = "batched", progress: bool = True) -> ExampleGradients:
     """Each example's answer-loss gradient w.r.t. the LoRA weights, streamed into a preallocated list of k x d_l chunks.
     `encoded[i]` is `dataeff.models.encode_example` output for `ids[i]`. `method="batched"` (fresh adapter, lora_B = 0) recovers
     per-example gradients from hooks in one backward pass per batch; `"sequential"` runs one backward per example and copies `.grad`."""
