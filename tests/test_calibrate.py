@@ -1,17 +1,9 @@
-import json, math, os
+import json, math
 import numpy as np, pandas as pd, pytest
 from dataeff.cli import main
-from dataeff.core import DataeffError, reference_dir
+from dataeff.core import DataeffError
 from dataeff.calibrate import (CALIBRATIONS, Calibration, facts_coslow, fit_calibration, load_calibration, read_table,
                                save_calibration, saved_calibrations_dir)
-
-
-def reference():
-    ref = reference_dir()
-    if ref is None:
-        if os.environ.get("CI"): pytest.fail("reference data missing in CI (set DATAEFF_REFERENCE)")
-        pytest.skip("reference data not available")
-    return ref
 
 
 @pytest.fixture(autouse=True)
@@ -113,8 +105,8 @@ def test_cli_bad_table_exits_2(tmp_path, capsys):
     assert main(["calibrate", str(tmp_path/"missing.csv"), "--family", "toy"]) == 2
 
 
-def test_cli_results_folder_with_coslow_reports(tmp_path):
-    ref = reference()
+def test_cli_results_folder_with_coslow_reports(reference, tmp_path):
+    ref = reference
     coslow = facts_coslow()
     reports = tmp_path/"reports"; reports.mkdir()
     for task in list(coslow)[:8]: (reports/f"{task}.json").write_text(json.dumps(dict(coslow=coslow[task], task=task)))
@@ -127,8 +119,8 @@ def test_cli_results_folder_with_coslow_reports(tmp_path):
     for d in cal.tasks: assert d["auc"] == pytest.approx(auc_res[d["task"]]["extrapolation_auc"], abs=1e-9)
 
 
-def test_paper_headline_error_from_its_own_numbers():
-    ref = reference()
+def test_paper_headline_error_from_its_own_numbers(reference):
+    ref = reference
     coslow = facts_coslow()
     assert len(coslow) == 24
     auc_res = json.loads((ref/"results"/"auc_res"/"llama_auc_logscale_by_task_5000.json").read_text())

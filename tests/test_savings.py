@@ -1,18 +1,10 @@
-import json, math, os
+import json, math
 import numpy as np, pandas as pd, pytest
 from dataeff.cli import main
-from dataeff.core import DataeffError, reference_dir
+from dataeff.core import DataeffError
 from dataeff.curves import analyse_results, budget_for_target, measured_budget_for_target, task_curve
 from dataeff.savings import (annotation_savings, fit_inverse_power_law, follow_prediction, incremental_baseline,
                              inverse_power_law_budget, inverse_power_law_cost, measured_score)
-
-
-def reference():
-    ref = reference_dir()
-    if ref is None:
-        if os.environ.get("CI"): pytest.fail("reference data missing in CI (set DATAEFF_REFERENCE)")
-        pytest.skip("reference data not available")
-    return ref
 
 
 # normalised scores equal accuracies here: zero-shot 0, ceiling 1
@@ -97,8 +89,8 @@ def test_bad_targets_and_too_few_coslow_tasks():
     with pytest.raises(DataeffError, match="at least 3 tasks"): annotation_savings(curves, coslow={"steep": 0.3})
 
 
-def test_cli_savings_on_reference_llama(tmp_path, capsys):
-    ref = reference()
+def test_cli_savings_on_reference_llama(reference, tmp_path, capsys):
+    ref = reference
     from dataeff.calibrate import facts_coslow
     pd.DataFrame(dict(task=list(facts_coslow()), coslow=list(facts_coslow().values()))).to_csv(tmp_path/"coslow.csv", index=False)
     out, png = tmp_path/"s.json", tmp_path/"s.png"
@@ -113,8 +105,8 @@ def test_cli_savings_on_reference_llama(tmp_path, capsys):
     assert "totals:" in capsys.readouterr().out
 
 
-def test_cli_bad_input_exits_2(tmp_path, capsys):
-    ref = reference()
+def test_cli_bad_input_exits_2(reference, tmp_path, capsys):
+    ref = reference
     assert main(["savings", str(ref/"results"/"finetune_results"), "--model", "llama", "--targets", "0"]) == 2
     assert main(["savings", str(ref/"results"/"finetune_results"), "--model", "llama", "--fit-budgets", "300"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
