@@ -21,6 +21,8 @@ COMMANDS = {  # subcommand: (module that configures it, one-line help)
     "score": ("dataeff.confidence", "score a pool by the model confidence of its greedy answers (resumable)"),
     "select": ("dataeff.confidence", "pick the k least-confident examples of a scored pool for labelling"),
     "coslow": ("dataeff.coslow", "CoS-Low of labelled low-confidence examples, with a bootstrap interval and the baselines"),
+    "estimate": ("dataeff.pipeline", "the main job: pool → least-confident sample → CoS-Low → annotations needed per target"),
+    "demo": ("dataeff.pipeline", "the main job on a built-in task with the default model, offline"),
 }
 
 # %% ../nbs/90_cli.ipynb #052e6991
