@@ -86,7 +86,7 @@ def predict(coslow: float, calibration=None, *, c: float | None = None, intercep
     if coslow_interval is not None:
         ends = sorted(cal.c*v + cal.intercept for v in coslow_interval)
         below.append(raw - ends[0]); above.append(ends[1] - raw)
-        sources.append(f"CoS-Low interval [{coslow_interval[0]}, {coslow_interval[1]}]")
+        sources.append(f"CoS-Low bootstrap interval [{coslow_interval[0]:.4g}, {coslow_interval[1]:.4g}]")
     half, why = _regression_half_width(cal, coslow, level)
     if half is not None: below.append(half); above.append(half)
     sources.append(why)
