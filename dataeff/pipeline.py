@@ -118,7 +118,7 @@ def _check_request(pool_path, examples, k, targets, max_budget):
 # %% ../nbs/10_pipeline.ipynb #3961cfd5
 def _fingerprint(model_name, dtype, sample, lora, seed, n_resamples, level, random_sample) -> str:
     parts = [model_name, str(dtype), lora.as_dict(), seed, n_resamples, level,
-             [[ex.id, ex.instruction, ex.input, ex.target] for ex in sample], [ex.id for ex in random_sample or []]]
+             [[ex.id, ex.instruction, ex.input, ex.target] for ex in sample], [[ex.id, ex.target] for ex in random_sample or []]]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 def _saved_coslow(path: Path, fingerprint: str) -> dict | None:
