@@ -77,6 +77,11 @@ def test_fit_from_results(gc, tmp_path):
     assert cal["status"] == "fitted" and cal["n_tasks"] == 4 and cal["complete"]
     assert cal["c"] == pytest.approx(0.5) and cal["intercept"] == pytest.approx(0.2) and cal["r"] == pytest.approx(1.0) and cal["loo_mae"] == pytest.approx(0, abs=1e-9)
     assert json.loads((out/"calibration.json").read_text())["family"] == "smollm2-135m" and (out/"calibration.png").is_file()
+    # step 3 on the CPU: `dataeff calibrate` on the table the run wrote reproduces the fit
+    from dataeff.cli import main
+    assert main(["calibrate", str(out/"calibration-table.csv"), "--family", "smollm2-135m", "--out", str(tmp_path/"cal.json"), "--n-boot", "0"]) == 0
+    again = json.loads((tmp_path/"cal.json").read_text())
+    assert [again[k] for k in ("c", "intercept", "r", "loo_mae", "n_tasks")] == pytest.approx([cal[k] for k in ("c", "intercept", "r", "loo_mae", "n_tasks")])
 
 def test_payload_round_trip_and_damage(gc, tmp_path, monkeypatch):
     "Parts carried by two calls are stashed, reassembled and checked; a missing or damaged part stops the run with exit code 3."
