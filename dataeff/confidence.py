@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from .core import DataeffError, atomic_write
 from .data import Example, read_examples, write_to_annotate
-from .models import DEFAULT_MODEL, load_model, model_id, render_prompt
+from .models import DEFAULT_MODEL, load_model, model_id, render_prompt, cache_kwargs
 
 # %% ../nbs/03_confidence.ipynb #ae9fd38a
 def _stop_ids(model, tokenizer) -> list[int]:
@@ -34,7 +34,7 @@ def _greedy_batch(model, prompts: list[list[int]], pad_id: int, stop_ids: list[i
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache, rows = DynamicCache(config=model.config), list(range(len(prompts)))
     tokens, logprobs = [[] for _ in prompts], [[] for _ in prompts]
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1).logits[:, -1]
     for step in range(max_new_tokens):
         best = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)  # greedy token and its log-probability
         keep = []
@@ -50,7 +50,7 @@ def _greedy_batch(model, prompts: list[list[int]], pad_id: int, stop_ids: list[i
             mask, positions, next_ids, rows = mask[selected], positions[selected], next_ids[selected], [rows[j] for j in keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
-        logits = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits[:, -1]
+        logits = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache), use_cache=True).logits[:, -1]
     return tokens, logprobs
 
 # %% ../nbs/03_confidence.ipynb #17818dc8
