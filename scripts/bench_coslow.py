@@ -6,11 +6,14 @@ Each procedure runs in its own fresh process (so its peak memory is its own), on
   authors     the authors' procedure: those passes + a per-example dict of cloned lora_B gradients + a per-pair, per-layer cosine loop
   sequential  dataeff, one example per backward pass, gradients streamed into the chunk buffer, cosines, bootstrap
   batched     dataeff.coslow.compute_coslow (batched per-example gradients from hooks), baselines off
-Prints wall times, the ratios the issue asks for, and peak resident memory above the warmed-up model process.
+Prints wall (and CPU) times, the ratios the issue asks for, and peak resident memory above the warmed-up model process
+against the allowance k·D·4 bytes + 1 GiB. `--repeats R` runs the four parts R times, interleaved, and reports medians.
+Every part runs with the same number of torch threads (`--threads`, default 1: on a small machine shared with other jobs a
+second thread mostly waits for a free core, which penalises many-small-op code unevenly and makes the ratios noisy).
 
-    python scripts/bench_coslow.py [--model smollm2-135m] [--n 32] [--batch-size 2]
+    python scripts/bench_coslow.py [--model smollm2-135m] [--n 32] [--batch-size 2] [--threads 1] [--repeats 1]
 """
-import argparse, json, subprocess, sys, time
+import argparse, json, statistics, subprocess, sys, time
 
 
 def _rss_gb():
@@ -19,8 +22,9 @@ def _rss_gb():
     return int(status["VmRSS"].split()[0]) / 1e6, int(status["VmHWM"].split()[0]) / 1e6
 
 
-def _part(name, model_name, n, batch_size):
+def _part(name, model_name, n, batch_size, threads):
     import numpy as np, torch
+    torch.set_num_threads(threads)
     from dataeff.core import reference_dir
     from dataeff.data import read_examples
     from dataeff.models import load_model, encode_example
@@ -33,7 +37,7 @@ def _part(name, model_name, n, batch_size):
     with torch.no_grad(): model(torch.tensor([encoded[0]["input_ids"]]))  # touch every weight (safetensors are memory-mapped)
     base_rss, _ = _rss_gb()
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     if name == "batched":
         report = compute_coslow(model, tokenizer, examples, seed=0, batch_size=batch_size, baselines=False, progress=False)
         coslow, dim = report["coslow"], report["gradient_dim"]
@@ -65,9 +69,9 @@ def _part(name, model_name, n, batch_size):
                         cosines.append(dot / (norm_i ** 0.5 * norm_j ** 0.5))
                 coslow = float(np.median(cosines))
             else: coslow = None
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     _, peak = _rss_gb()
-    print(json.dumps(dict(part=name, seconds=seconds, base_rss_gb=base_rss, peak_rss_gb=peak, coslow=coslow, dim=dim, k=len(examples),
+    print(json.dumps(dict(part=name, seconds=seconds, cpu_seconds=cpu_seconds, base_rss_gb=base_rss, peak_rss_gb=peak, coslow=coslow, dim=dim, k=len(examples),
                           model_gb=sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9)))
 
 
@@ -76,28 +80,38 @@ def main():
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in every part (default 1)")
+    parser.add_argument("--repeats", type=int, default=1, help="run the four parts this many times, interleaved; report medians")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.part: return _part(args.part, args.model, args.n, args.batch_size)
-    results = {}
-    for name in ("fwdbwd", "authors", "sequential", "batched"):
-        out = subprocess.run([sys.executable, __file__, "--part", name, "--model", args.model, "--n", str(args.n), "--batch-size", str(args.batch_size)],
-                             capture_output=True, text=True)
-        if out.returncode: sys.exit(f"part {name} failed:\n{out.stderr[-3000:]}")
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = results[name]
-        print(f"{name:>10}: {r['seconds']:7.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB (base {r['base_rss_gb']:.2f} GB)"
-              + (f", CoS-Low {r['coslow']:.6f}" if r["coslow"] is not None else ""), flush=True)
-    t = {name: r["seconds"] for name, r in results.items()}
-    b = results["batched"]
+    if args.part: return _part(args.part, args.model, args.n, args.batch_size, args.threads)
+    names, runs = ("fwdbwd", "authors", "sequential", "batched"), []
+    for repeat in range(args.repeats):
+        results = {}
+        for name in names:
+            out = subprocess.run([sys.executable, __file__, "--part", name, "--model", args.model, "--n", str(args.n),
+                                  "--batch-size", str(args.batch_size), "--threads", str(args.threads)], capture_output=True, text=True)
+            if out.returncode: sys.exit(f"part {name} failed:\n{out.stderr[-3000:]}")
+            results[name] = r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"run {repeat + 1} {name:>10}: {r['seconds']:7.1f} s wall, {r['cpu_seconds']:7.1f} s CPU, peak RSS {r['peak_rss_gb']:.2f} GB "
+                  f"(base {r['base_rss_gb']:.2f} GB)" + (f", CoS-Low {r['coslow']:.6f}" if r["coslow"] is not None else ""), flush=True)
+        runs.append(results)
+    median = lambda name, key: statistics.median(run[name][key] for run in runs)
+    t, cpu = ({name: median(name, key) for name in names} for key in ("seconds", "cpu_seconds"))
+    b = runs[0]["batched"]
     allowed = b["k"] * b["dim"] * 4 / 1e9 + 2**30 / 1e9
-    print(f"overhead, one-at-a-time (sequential / fwdbwd): {t['sequential'] / t['fwdbwd']:.2f}x   (target <= 1.2)")
-    print(f"overhead, batched (batched / fwdbwd):         {t['batched'] / t['fwdbwd']:.2f}x")
-    print(f"speed-up vs authors' procedure (authors / batched): {t['authors'] / t['batched']:.2f}x   (target >= 2)")
+    print(f"medians of {args.repeats} run(s), {args.threads} thread(s), k = {b['k']}, D = {b['dim']}, batch size {args.batch_size}:")
+    for name in names: print(f"  {name:>10}: {t[name]:7.1f} s wall, {cpu[name]:7.1f} s CPU")
+    print(f"overhead, one-at-a-time (sequential / fwdbwd): {t['sequential'] / t['fwdbwd']:.2f}x wall, {cpu['sequential'] / cpu['fwdbwd']:.2f}x CPU   (target <= 1.2)")
+    print(f"overhead, batched (batched / fwdbwd):         {t['batched'] / t['fwdbwd']:.2f}x wall, {cpu['batched'] / cpu['fwdbwd']:.2f}x CPU")
+    print(f"speed-up vs authors' procedure (authors / batched): {t['authors'] / t['batched']:.2f}x wall, {cpu['authors'] / cpu['batched']:.2f}x CPU   (target >= 2)")
     print(f"peak memory above the loaded model process (model {b['model_gb']:.2f} GB, base RSS {b['base_rss_gb']:.2f} GB); "
           f"allowed k*D*4 + 1 GiB = {allowed:.2f} GB:")
-    for name, r in results.items(): print(f"  {name:>10}: {r['peak_rss_gb'] - r['base_rss_gb']:.2f} GB")
-    print(f"CoS-Low agreement: authors {results['authors']['coslow']:.6f}, sequential {results['sequential']['coslow']:.6f}, batched {b['coslow']:.6f}")
+    for name in names:
+        extra = median(name, "peak_rss_gb") - median(name, "base_rss_gb")
+        print(f"  {name:>10}: {extra:.2f} GB ({'within' if extra <= allowed else 'OVER'} the allowance by {abs(allowed - extra):.2f} GB)")
+    last = runs[-1]
+    print(f"CoS-Low agreement: authors {last['authors']['coslow']:.6f}, sequential {last['sequential']['coslow']:.6f}, batched {last['batched']['coslow']:.6f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import pytest
 import torch
 from dataeff.core import DataeffError
 from dataeff.models import tiny_model
-from dataeff.gradients import (LoraSpec, add_lora, check_dtype, linear_layer_names, lora_adapter, lora_tensors,
+from dataeff.gradients import (MIN_SHARED_PREFIX, LoraSpec, add_lora, check_dtype, linear_layer_names, lora_adapter, lora_tensors,
                                per_example_gradients)
 
 SPEC = LoraSpec(r=8, alpha=16, dropout=0.05)
@@ -49,6 +49,76 @@ def test_batched_equals_one_at_a_time(tiny, batch_size):
         diff = math.sqrt(sum(float((b[i] - s[i]).double().square().sum()) for b, s in zip(batched.chunks, sequential.chunks)))
         assert diff / sequential.grad_norms[i] < 1e-5
     assert batched.losses == pytest.approx(sequential.losses, rel=1e-6)
+
+
+def with_shared_prefix(enc, prefix_len, seed=0, vocab=300):
+    "The same examples, all starting with one random prefix of `prefix_len` tokens."
+    prefix = torch.randint(3, vocab, (prefix_len,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [dict(e, input_ids=prefix + e["input_ids"], answer_start=e["answer_start"] + prefix_len, answer_end=e["answer_end"] + prefix_len)
+            for e in enc]
+
+
+def embedding_passes(peft_model, fn):
+    "`fn()` and the (batch, tokens) shape of every pass through the model's input embeddings while it ran."
+    shapes = []
+    handle = peft_model.get_base_model().get_input_embeddings().register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[:2])))
+    try: return fn(), shapes
+    finally: handle.remove()
+
+
+def assert_same_gradients(got, reference):
+    assert got.ids == reference.ids and got.names == reference.names
+    for i in range(len(reference.ids)):  # per example, over the whole gradient
+        diff = math.sqrt(sum(float((g[i] - r[i]).double().square().sum()) for g, r in zip(got.chunks, reference.chunks)))
+        assert diff / reference.grad_norms[i] < 1e-5
+    assert got.losses == pytest.approx(reference.losses, rel=1e-6)
+    assert got.grad_norms == pytest.approx(reference.grad_norms, rel=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 9])
+def test_shared_prefix_runs_once_and_gradients_equal_one_at_a_time(tiny, batch_size):
+    enc = with_shared_prefix(random_encoded(9, seed=10 + batch_size), 24, seed=batch_size)  # prompts of 24 + 5..30 tokens
+    ids = [f"e{i}" for i in range(9)]
+    with lora_adapter(tiny, SPEC, seed=2) as peft_model:
+        sequential = per_example_gradients(peft_model, enc, ids, method="sequential", progress=False)
+        batched, passes = embedding_passes(peft_model, lambda: per_example_gradients(peft_model, enc, ids, batch_size=batch_size, progress=False))
+        again = per_example_gradients(peft_model, enc, ids, batch_size=batch_size, progress=False)
+    assert passes[0] == (1, 24)  # the prefix, once, at batch size 1
+    assert len(passes) == 1 + math.ceil(9 / batch_size)
+    assert all(tokens <= max(len(e["input_ids"]) for e in enc) - 24 for _, tokens in passes[1:])  # batches start after it
+    assert_same_gradients(batched, sequential)
+    assert all(torch.equal(a, b) for a, b in zip(batched.chunks, again.chunks))  # bit-identical rerun
+
+
+def test_shared_prefix_stops_before_the_first_loss_position(tiny):
+    enc = with_shared_prefix(random_encoded(4, seed=21), 30, seed=3)
+    same_prompt = dict(enc[0], input_ids=enc[0]["input_ids"][:enc[0]["answer_start"]] + [7] * (len(enc[0]["input_ids"]) - enc[0]["answer_start"]))
+    enc = [enc[0], same_prompt, *enc[1:]]  # two examples with one prompt and different answers
+    ids = list("abcde")
+    with lora_adapter(tiny, SPEC, seed=0) as peft_model:
+        sequential = per_example_gradients(peft_model, enc, ids, method="sequential", include_lora_a=True, progress=False)
+        batched, passes = embedding_passes(peft_model, lambda: per_example_gradients(peft_model, enc, ids, batch_size=2, include_lora_a=True, progress=False))
+    assert passes[0] == (1, 30)
+    assert_same_gradients(batched, sequential)
+    lone = [enc[0], same_prompt]  # the common prefix is the whole prompt but the token before the answer
+    with lora_adapter(tiny, SPEC, seed=0) as peft_model:
+        sequential = per_example_gradients(peft_model, lone, ids[:2], method="sequential", progress=False)
+        batched, passes = embedding_passes(peft_model, lambda: per_example_gradients(peft_model, lone, ids[:2], progress=False))
+    assert passes == [(1, enc[0]["answer_start"] - 1), (2, enc[0]["answer_end"] - enc[0]["answer_start"])]
+    assert_same_gradients(batched, sequential)
+
+
+def test_short_or_disabled_prefix_runs_inside_every_batch(tiny):
+    enc, ids = random_encoded(4, seed=8), list("abcd")
+    short = with_shared_prefix(enc, MIN_SHARED_PREFIX - 1)
+    long = with_shared_prefix(enc, MIN_SHARED_PREFIX)
+    with lora_adapter(tiny, SPEC, seed=0) as peft_model:
+        _, short_passes = embedding_passes(peft_model, lambda: per_example_gradients(peft_model, short, ids, batch_size=4, progress=False))
+        off, off_passes = embedding_passes(peft_model, lambda: per_example_gradients(peft_model, long, ids, batch_size=4, share_prefix=False, progress=False))
+        on, on_passes = embedding_passes(peft_model, lambda: per_example_gradients(peft_model, long, ids, batch_size=4, progress=False))
+    assert len(short_passes) == len(off_passes) == 1 and short_passes[0][0] == off_passes[0][0] == 4
+    assert on_passes[0] == (1, MIN_SHARED_PREFIX) and len(on_passes) == 2
+    assert_same_gradients(on, off)
 
 
 def test_rows_are_autograd_gradients_of_each_examples_own_loss(tiny):
