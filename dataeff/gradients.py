@@ -6,7 +6,7 @@
 __all__ = ['LORA_TARGETS', 'MIN_SHARED_PREFIX', 'LoraSpec', 'linear_layer_names', 'check_dtype', 'add_lora', 'lora_adapter',
            'lora_tensors', 'ExampleGradients', 'per_example_gradients']
 
-# %% ../nbs/04_gradients.ipynb #bcf64d8e
+# %% ../nbs/04_gradients.ipynb #681660b2
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import DataeffError
+from .models import cache_kwargs
 
 # %% ../nbs/04_gradients.ipynb #b86800e3
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -101,7 +102,7 @@ class ExampleGradients:
     @property
     def dim(self) -> int: return sum(c.shape[1] for c in self.chunks)
 
-# %% ../nbs/04_gradients.ipynb #1834af36
+# %% ../nbs/04_gradients.ipynb #1e286616
 def _loss_inputs(encoded, rows, start, device):
     """Right-padded token ids of `encoded[rows]` from position `start` up to each last answer token (exclusive), with the
     batch row and position of every loss term and the token it predicts."""
@@ -118,7 +119,8 @@ def _decode(causal_lm, input_ids, cache=None, embeddings_require_grad=True):
     "Final hidden states of `input_ids` following the tokens in `cache` (if any); the embeddings can be the gradient's entry point."
     embeds = causal_lm.get_input_embeddings()(input_ids)
     if embeddings_require_grad: embeds = embeds.detach().requires_grad_()
-    return causal_lm.get_decoder()(inputs_embeds=embeds, cache=cache, use_cache=cache is not None).last_hidden_state
+    decoder = causal_lm.get_decoder()
+    return decoder(inputs_embeds=embeds, **cache_kwargs(decoder, cache), use_cache=cache is not None).last_hidden_state
 
 def _answer_losses(causal_lm, hidden, batch_rows, positions, targets):
     "Mean answer-token cross-entropy of each row of `hidden`, from the hidden states at the loss positions only."
