@@ -6,17 +6,18 @@
 __all__ = ['DEMO_TASK', 'EstimateReport', 'estimate', 'demo', 'configure_estimate', 'configure_demo']
 
 # %% ../nbs/10_pipeline.ipynb #e8f0e245
-import argparse, hashlib, json, random, time, warnings
+import argparse, hashlib, json, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from .core import DataeffError, atomic_write, atomic_write_json, read_json
+from .core import DataeffError, atomic_write, atomic_write_json, read_json, timed_stage
 from .data import read_examples, write_examples, write_to_annotate, read_annotations
 from .models import DEFAULT_MODEL, load_model, model_id
 from .tasks import TASKS, make_task
 from .confidence import score_pool, select_low_confidence
 from .gradients import LoraSpec, check_dtype
+from .coslow import compute_coslow, random_labelled_sample
 from .calibrate import load_calibration
-from .predict import DEFAULT_TARGETS, predict, plot_prediction
+from .predict import DEFAULT_TARGETS, Prediction, check_targets, predict, plot_prediction, print_prediction
 from .curves import save_figure
 
 # %% ../nbs/10_pipeline.ipynb #a54b4f44
@@ -106,11 +107,9 @@ def _markdown(r: EstimateReport) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/10_pipeline.ipynb #76b300c9
-def _check_request(pool_path, examples, k, targets, max_budget):
+def _check_request(pool_path, examples, k, targets, max_budget, level):
     if k < 2: raise DataeffError(f"k = {k}: CoS-Low compares pairs, so k must be at least 2 (the paper uses 32)")
-    for t in targets:
-        if not 0 < t < 1: raise DataeffError(f"target {t} is outside (0, 1); targets are normalised scores between zero-shot (0) and the ceiling (1), e.g. 0.9")
-    if not (int(max_budget) == max_budget and max_budget > 1): raise DataeffError(f"max budget {max_budget} must be a whole number of examples above 1")
+    check_targets(targets, max_budget, level)
     if len(examples) < 10 * k:
         raise DataeffError(f"{pool_path}: the pool holds {len(examples)} examples, but its least-confident tenth must hold k = {k}; "
                            f"give a pool of at least {10 * k} examples, or lower --k")
@@ -154,25 +153,24 @@ def estimate(pool, model: str = DEFAULT_MODEL, family: str = "llama-3.1-8b", tar
     targets = [float(t) for t in (targets if hasattr(targets, "__len__") else [targets])]
     calibration = load_calibration(family)
     examples = read_examples(pool)
-    _check_request(pool, examples, k, targets, max_budget)
+    _check_request(pool, examples, k, targets, max_budget, level)
     labels = {ex.id: ex for ex in read_annotations(annotations, examples)} if annotations is not None else {}
     dtype = check_dtype(dtype, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings, start = {}, time.perf_counter()
+    timings = {}
 
     say(f"[1/4] loading {model}")
-    loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    with timed_stage(timings, "load_model"):
+        loaded, tokenizer = load_model(model, dtype=dtype, device=device)
     name = model_id(loaded)
-    timings["load_model"] = time.perf_counter() - start
 
     say(f"[2/4] scoring {len(examples)} pool examples by confidence (resumable: {out/'scores.jsonl'})")
-    start = time.perf_counter()
-    scores = score_pool(loaded, tokenizer, examples, out/"scores.jsonl", score_batch_size, progress=progress)
-    by_id = {ex.id: ex for ex in examples}
-    chosen = select_low_confidence(scores, k, seed)
-    sample = [labels.get(i, by_id[i]) for i in chosen]
-    timings["score_and_select"] = time.perf_counter() - start
+    with timed_stage(timings, "score_and_select"):
+        scores = score_pool(loaded, tokenizer, examples, out/"scores.jsonl", score_batch_size, progress=progress)
+        by_id = {ex.id: ex for ex in examples}
+        chosen = select_low_confidence(scores, k, seed)
+        sample = [labels.get(i, by_id[i]) for i in chosen]
     report = EstimateReport("needs_annotations", str(pool), name, str(out), len(examples), k, seed, calibration.to_dict(),
                             _calibration_note(calibration, name), timings=timings)
 
@@ -187,21 +185,18 @@ def estimate(pool, model: str = DEFAULT_MODEL, family: str = "llama-3.1-8b", tar
         return report
 
     say(f"[3/4] CoS-Low of the {k} least-confident examples' LoRA gradients")
-    start = time.perf_counter()
-    labelled_pool = [ex for ex in examples if ex.target is not None]
-    random_sample = random.Random(seed).sample(labelled_pool, k) if random_baseline and len(labelled_pool) >= k else None
+    random_sample = random_labelled_sample(examples, k, seed) if random_baseline else None
     fingerprint = _fingerprint(name, dtype, sample, lora, seed, n_resamples, level, random_sample)
     coslow_path = out/"coslow.json"
-    full = _saved_coslow(coslow_path, fingerprint)
-    if full is None:
-        from dataeff.coslow import compute_coslow
-        by_score = {s["id"]: s for s in scores}
-        full = compute_coslow(loaded, tokenizer, sample, seed=seed, lora=lora, batch_size=batch_size, n_resamples=n_resamples, level=level,
-                              scores=[by_score[i] for i in chosen], random_examples=random_sample, progress=progress)
-        full = {**full, "fingerprint": fingerprint}
-        atomic_write_json(coslow_path, full)
-    else: say(f"      reusing {coslow_path} (same model, sample, labels and settings)")
-    timings["coslow"] = time.perf_counter() - start
+    with timed_stage(timings, "coslow"):
+        full = _saved_coslow(coslow_path, fingerprint)
+        if full is None:
+            by_score = {s["id"]: s for s in scores}
+            full = compute_coslow(loaded, tokenizer, sample, seed=seed, lora=lora, batch_size=batch_size, n_resamples=n_resamples, level=level,
+                                  scores=[by_score[i] for i in chosen], random_examples=random_sample, progress=progress)
+            full = {**full, "fingerprint": fingerprint}
+            atomic_write_json(coslow_path, full)
+        else: say(f"      reusing {coslow_path} (same model, sample, labels and settings)")
 
     say("[4/4] predicting the budget per target")
     with warnings.catch_warnings(record=True):
@@ -211,7 +206,6 @@ def estimate(pool, model: str = DEFAULT_MODEL, family: str = "llama-3.1-8b", tar
     report.coslow = {key: full[key] for key in ("coslow", "interval", "level", "k", "k_requested", "excluded", "exclusion_reasons", "baselines")}
     report.files = {"report": str(out/"report.json"), "summary": str(out/"report.md"), "curve": str(out/"curve.png"),
                     "coslow": str(coslow_path), "scores": str(out/"scores.jsonl")}
-    report.timings = {key: round(v, 3) for key, v in timings.items()}
     _write_outputs(report, prediction, out)
     return report
 
@@ -232,12 +226,10 @@ def _print_outcome(report: EstimateReport, annotations_hint: str):
     if report.status != "complete":
         print(f"next: label the target of each line of {report.to_annotate}, then run again with --annotations {report.to_annotate}{annotations_hint}")
         return
-    p, cs = report.prediction, report.coslow
     if report.calibration_note: print(f"note: {report.calibration_note}")
-    print(f"CoS-Low {cs['coslow']:.4f} ({p['level']:.0%} interval {cs['interval'][0]:.4f} to {cs['interval'][1]:.4f}) from {cs['k']} examples"
-          f" → AUC' {p['auc']:.3f}{_span(p['auc_interval'], lambda v: f'{v:.3f}')} with calibration {report.calibration['family']}")
-    for i, (t, b) in enumerate(zip(p["targets"], p["budgets"])):
-        print(f"target {t:g}: annotate about {_whole(b)} examples{_span(p['budget_intervals'] and p['budget_intervals'][i], _whole)}")
+    excluded = len(report.coslow["excluded"])
+    print(f"CoS-Low from the {report.coslow['k']} least-confident of {report.n_pool} pool examples" + (f" ({excluded} excluded)" if excluded else ""))
+    print_prediction(Prediction(**report.prediction))
     print(f"wrote {report.files['report']}, {report.files['summary']}, {report.files['curve']}")
 
 def _common_arguments(parser):
