@@ -136,16 +136,18 @@ def make_plan(target: float | None = None, *, target_accuracy: float | None = No
                 cost, rounds, float(round_cost), max([b for b, _ in points], default=0.0))
 
 # %% ../nbs/07b_plan.ipynb #1b1f3607
-def simulate_plan(curve, target: float, belief: BudgetBelief, round_cost: float = DEFAULT_ROUND_COST, noise_sd: float = 0.0,
-                  rng=None, max_rounds: int = 20) -> tuple[float, int, list]:
-    "Follow the plan on a measured `curve` until a run reaches `target`: cost (largest budget annotated; inf if never), rounds, and per round (budget, score, interval width in log2)."
+def simulate_plan(curve, target: float, belief: BudgetBelief, round_cost: float = DEFAULT_ROUND_COST, observe=None,
+                  max_rounds: int = 20) -> tuple[float, int, list]:
+    """Follow the plan on a measured `curve` until a run reaches `target`: cost (largest budget annotated; inf if never), rounds, and per round
+    (budget, score, interval width in log2 before the run). `observe(curve, n)` is a run's score (default: the measured curve, `savings.measured_score`)."""
     from dataeff.savings import measured_score
+    observe = observe or measured_score
     history, rounds = [], 0
     while rounds < max_rounds:
         b, _, _ = next_budget(belief, target, round_cost)
         if b is None: return math.inf, rounds, history
         lo, hi = (min(max(v, MIN_BUDGET), belief.max_budget) for v in belief.interval(target))
-        score = measured_score(curve, b) + (rng.normal(0, noise_sd) if noise_sd else 0.0)
+        score = observe(curve, b)
         rounds += 1
         history.append((b, score, math.log2(hi/lo)))
         if score >= target: return float(b), rounds, history
