@@ -222,14 +222,16 @@ def plot_cost_vs_rounds(runs: dict, ax_size: float = 2.6):
         tot = runs[name].totals()
         for j, t in enumerate(targets):
             ax, d = axes[i, j], tot[tot.target == t]
-            for k, row in enumerate(d.itertuples()):
-                ax.scatter(row.rounds, row.cost/1000, color=f"C{k}", s=28, label=row.predictor, marker="*" if row.predictor == "plan" else "o")
+            for row in d.itertuples():
+                ax.scatter(row.rounds, row.cost/1000, color=f"C{list(PREDICTORS).index(row.predictor)}", s=28, label=row.predictor,
+                           marker="*" if row.predictor == "plan" else "o")
             inc = d[d.predictor == "incremental"].iloc[0]
             ax.axvline(inc.rounds/2, color="0.5", ls=":", lw=0.8); ax.axhline(inc.cost/1000, color="0.5", ls=":", lw=0.8)
             ax.set_title(f"{name}, t = {t:g}", fontsize=8); ax.tick_params(labelsize=7)
             if j == 0: ax.set_ylabel("annotations (thousands)", fontsize=7)
             if i == len(names) - 1: ax.set_xlabel("fine-tuning rounds", fontsize=7)
-    axes[0, -1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1))
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.collections}
+    axes[0, -1].legend(handles.values(), handles.keys(), fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     return fig
 
