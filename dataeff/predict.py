@@ -245,7 +245,7 @@ def evaluate_intervals(curves: dict, models: dict, coslow: dict | None = None, t
                     out.append(row)
     return out
 
-def interval_summary(rows: list[dict]) -> "pd.DataFrame":
+def interval_summary(rows: list[dict]):
     "Per situation, family and model: cases, coverage, median width (log2) and median |log2 error| of the point budget."
     import pandas as pd
     df, out = pd.DataFrame(rows), []
