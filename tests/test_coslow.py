@@ -71,7 +71,7 @@ def test_report_is_complete_deterministic_and_matches_float64(tiny):
     assert report["k"] == 6 and report["excluded"] == [] and report["ids"] == [ex.id for ex in sample]
     assert set(report["baselines"]) == {"cos_sim_k", "grad_norm_k", "conf_avg_k", "zero_shot_accuracy"}
     assert all(isinstance(v, float) for v in report["baselines"].values())
-    assert report["baselines"]["grad_norm_k"] == pytest.approx(np.mean(report["grad_norms"]))
+    assert report["baselines"]["grad_norm_k"] == pytest.approx(np.mean(report["grad_norms"]))  # float64 mean of the same k values: a few ulps
     assert report["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "targets": list(SPEC.targets), "include_lora_a": False}
     assert {"confidence", "gradients", "random_gradients", "cosine", "bootstrap"} <= set(report["timings"])
     again = compute_coslow(model, tok, sample, seed=3, lora=SPEC, random_examples=pool[:6], n_resamples=300, progress=False)

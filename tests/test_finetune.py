@@ -158,7 +158,7 @@ def test_two_processes_measure_the_same_curve_as_one(tmp_path):
     for budget in ("0", "50"):
         assert (one[budget]["processes"], two[budget]["processes"]) == (1, 2)
         assert one[budget]["steps"] == two[budget]["steps"] and one[budget]["n_test"] == two[budget]["n_test"] == 16
-        assert abs(one[budget]["accuracy"] - two[budget]["accuracy"]) <= 1 / 16
+        assert abs(one[budget]["accuracy"] - two[budget]["accuracy"]) <= 1 / 16  # a greedy near-tie may flip one of the 16 answers
     # one or two processes: the same arithmetic up to summation order (gradient all-reduce, micro-batch split); the
     # trained loss sits at the end of 6 steps of forward + backward and one forward (13 passes; AdamW's m/√v passes a
     # relative gradient change through unamplified where |g| >> eps), the initial one after a single forward pass

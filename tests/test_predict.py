@@ -9,11 +9,11 @@ from dataeff.predict import predict
 
 def test_worked_example_of_the_paper():
     p = predict(0.65, c=0.54, intercept=0.31, targets=[0.9])
-    assert p.auc == pytest.approx(0.661, abs=1e-12)
+    assert p.auc == pytest.approx(0.661, abs=1e-12)  # float64, a few operations: a few ulps
     assert p.exponent == pytest.approx(0.339/0.661, rel=1e-12)
-    assert p.budgets[0] == pytest.approx(1028, abs=1)
+    assert p.budgets[0] == pytest.approx(1028, abs=1)  # the paper's budget, an integer
     # float64 reference of n = 2^(t^(1/p) log2 5000)
-    assert p.budgets[0] == pytest.approx(2**(0.9**(0.661/0.339)*math.log2(5000)), rel=1e-12)
+    assert p.budgets[0] == pytest.approx(2**(0.9**(0.661/0.339)*math.log2(5000)), rel=1e-12)  # float64 pow/log: ~10 ulps relative
 
 
 def test_named_family_uses_published_coefficients_and_se_only_interval():
@@ -29,7 +29,7 @@ def test_intervals_combine_in_quadrature_and_order_budgets():
     p = predict(0.5, cal, coslow_interval=(0.45, 0.58))
     reg = stats.t.ppf(0.975, 10)*math.sqrt(0.25*0.01 + 0.03**2 - 2*0.5*0.002 + 0.01)
     lo, hi = 0.6 - math.hypot(0.6*0.05, reg), 0.6 + math.hypot(0.6*0.08, reg)
-    np.testing.assert_allclose(p.auc_interval, [lo, hi], rtol=1e-12)
+    np.testing.assert_allclose(p.auc_interval, [lo, hi], rtol=1e-12)  # float64, a few operations
     for b, (blo, bhi) in zip(p.budgets, p.budget_intervals): assert blo < b < bhi
     assert p.budgets == sorted(p.budgets)
 
