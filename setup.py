@@ -27,7 +27,7 @@ setuptools.setup(
     # kernels/ holds plain Triton source; it ships inside the package as dataeff._kernels
     packages=setuptools.find_packages(include=["dataeff", "dataeff.*"]) + ["dataeff._kernels"],
     package_dir={"dataeff._kernels": "kernels"},
-    package_data={"dataeff._kernels": ["README.md"]},
+    package_data={"dataeff": ["budget_model.json"], "dataeff._kernels": ["README.md"]},
     include_package_data=True,
     install_requires=requirements,
     extras_require={"dev": cfg.get("dev_requirements", "").split()},

@@ -17,6 +17,7 @@ COMMANDS = {  # subcommand: (module that configures it, one-line help)
     "calibrate": ("dataeff.calibrate", "fit AUC = c·CoS-Low + I to your tasks and save the calibration"),
     "tasks": ("dataeff.tasks", "list the built-in tasks, or write a pool of one (tasks make NAME --n N --out POOL)"),
     "predict": ("dataeff.predict", "predict AUC' and the budget per target from a CoS-Low, with intervals"),
+    "plan": ("dataeff.plan", "the annotation loop: the next budget to annotate and fine-tune at, from CoS-Low and the points measured so far"),
     "savings": ("dataeff.savings", "simulate annotation savings of predicted budgets on measured curves"),
     "score": ("dataeff.confidence", "score a pool by the model confidence of its greedy answers (resumable)"),
     "select": ("dataeff.confidence", "pick the k least-confident examples of a scored pool for labelling"),

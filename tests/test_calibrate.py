@@ -22,6 +22,7 @@ def test_paper_families_are_registered_with_published_coefficients():
     m = load_calibration("mistral-7b-v0.3")
     assert (m.c, m.intercept, m.c_se, m.intercept_se) == (0.797, 0.357, 0.012, 0.002)
     assert m.residual_sd is None and m.loo_mae is None and m.tasks is None
+    assert m.scatter_sd == 0.125 and "assumed" in m.scatter_source  # no Mistral CoS-Low values: Llama's scatter
 
 
 def test_unknown_family_is_one_clear_error():

@@ -7,6 +7,7 @@ from dataeff.gradients import LoraSpec
 from dataeff.pipeline import EstimateReport, estimate, demo
 from dataeff.tasks import make_task
 from dataeff.cli import main
+from dataeff.plan import PLAN_BUDGETS
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,9 @@ def test_unlabelled_pool_round_trip_through_the_command_line(tmp_path, tiny_fold
     assert main(args + ["--annotations", str(todo), "--target", "0.9"]) == 0
     out = capsys.readouterr().out
     assert "target 0.9: annotate about" in out and "borrowed" in out
-    assert json.loads((tmp_path / "out/report.json").read_text())["status"] == "complete"
+    assert "first step of the plan" in out and "next: annotate up to" in out and "curve shapes" in out  # honest interval, then the plan
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["status"] == "complete" and report["plan"]["next_budget"] >= 50
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -134,7 +137,10 @@ def test_demo_on_the_default_model(tmp_path):
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "borrowed" in run.stdout and "target 0.9: annotate about" in run.stdout
+    assert "intervals (95%) hold: the scatter of tasks around the line" in run.stdout  # the honest interval
+    assert run.stdout.rstrip().splitlines()[-2].startswith("next: annotate up to")   # ends with the plan's first step
     report = json.loads((tmp_path / "demo/report.json").read_text())
+    assert report["plan"]["target"] == 0.9 and report["plan"]["next_budget"] in PLAN_BUDGETS
     assert report["model"] == "smollm2-135m" and report["calibration"]["family"] == "llama-3.1-8b"
     assert report["coslow"]["k"] + len(report["coslow"]["excluded"]) == 32
     assert report["coslow"]["baselines"]["cos_sim_k"] is not None

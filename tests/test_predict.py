@@ -8,7 +8,7 @@ from dataeff.predict import predict
 
 
 def test_worked_example_of_the_paper():
-    p = predict(0.65, c=0.54, intercept=0.31, targets=[0.9])
+    p = predict(0.65, c=0.54, intercept=0.31, targets=[0.9], shape="power")
     assert p.auc == pytest.approx(0.661, abs=1e-12)  # float64, a few operations: a few ulps
     assert p.exponent == pytest.approx(0.339/0.661, rel=1e-12)
     assert p.budgets[0] == pytest.approx(1028, abs=1)  # the paper's budget, an integer
@@ -16,26 +16,37 @@ def test_worked_example_of_the_paper():
     assert p.budgets[0] == pytest.approx(2**(0.9**(0.661/0.339)*math.log2(5000)), rel=1e-12)  # float64 pow/log: ~10 ulps relative
 
 
-def test_named_family_uses_published_coefficients_and_se_only_interval():
+def test_named_family_uses_published_coefficients_and_the_scatter():
     p = predict(0.5, "qwen2.5-14b")
     assert p.auc == pytest.approx(0.526*0.5 + 0.305, rel=1e-12)
-    half = stats.norm.ppf(0.975)*math.hypot(0.5*0.025, 0.003)
+    half = stats.norm.ppf(0.975)*0.125  # the scatter assumed equal to Llama's
     np.testing.assert_allclose(p.auc_interval, [p.auc - half, p.auc + half], rtol=1e-12)
-    assert any("scatter of tasks" in s for s in p.interval_sources)
+    assert "assumed equal to Llama" in p.interval_sources[0] and "curve shapes" in p.interval_sources[-1]
 
 
-def test_intervals_combine_in_quadrature_and_order_budgets():
+def test_learned_interval_is_the_budget_models_gaussian():
+    from dataeff.budgets import default_budget_model
+    bm = default_budget_model()
+    cal = Calibration("toy", 0.6, 0.3, scatter_sd=0.1, scatter_source="test")
+    p = predict(0.5, cal, targets=[0.7])
+    k = bm.targets.index(0.7)
+    m, sd = bm.alpha[k] + bm.beta[k]*0.6, math.sqrt(bm.cov[k][k] + bm.beta[k]**2*0.01)
+    assert math.log2(p.budgets[0]) == pytest.approx(m, abs=1e-9)
+    lo, hi = np.clip([m - stats.norm.ppf(0.975)*sd, m + stats.norm.ppf(0.975)*sd], math.log2(50), math.log2(5000))
+    np.testing.assert_allclose(np.log2(p.budget_intervals[0]), [lo, hi], atol=1e-9)
+
+
+def test_se_only_calibration_says_its_interval_is_too_narrow():
     cal = Calibration("toy", 0.6, 0.3, c_se=0.1, intercept_se=0.03, cov_c_intercept=-0.002, residual_sd=0.1, n_tasks=12)
     p = predict(0.5, cal, coslow_interval=(0.45, 0.58))
-    reg = stats.t.ppf(0.975, 10)*math.sqrt(0.25*0.01 + 0.03**2 - 2*0.5*0.002 + 0.01)
-    lo, hi = 0.6 - math.hypot(0.6*0.05, reg), 0.6 + math.hypot(0.6*0.08, reg)
-    np.testing.assert_allclose(p.auc_interval, [lo, hi], rtol=1e-12)  # float64, a few operations
-    for b, (blo, bhi) in zip(p.budgets, p.budget_intervals): assert blo < b < bhi
+    assert p.auc_sd == pytest.approx(math.sqrt(0.25*0.01 + 0.03**2 - 2*0.5*0.002 + 0.01), rel=1e-12)
+    assert "too narrow" in p.interval_sources[0] and "not added" in p.interval_sources[1]
+    for b, (blo, bhi) in zip(p.budgets, p.budget_intervals): assert blo <= b <= bhi
     assert p.budgets == sorted(p.budgets)
 
 
-def test_without_any_uncertainty_there_is_no_interval():
-    p = predict(0.4, c=0.5, intercept=0.3)
+def test_power_shape_without_any_uncertainty_has_no_interval():
+    p = predict(0.4, c=0.5, intercept=0.3, shape="power")
     assert p.auc_interval is None and p.budget_intervals is None
 
 
@@ -54,6 +65,7 @@ def test_out_of_range_auc_clamps_with_warning_or_refuses():
     (dict(coslow=0.5, calibration="unknown-fam"), "unknown family"),
     (dict(coslow=0.5, c=0.5), "either a calibration"),
     (dict(coslow=0.5, calibration="llama-3.1-8b", c=0.5, intercept=0.3), "either a calibration"),
+    (dict(coslow=0.5, calibration="llama-3.1-8b", shape="logistic"), "shape 'logistic'"),
 ])
 def test_bad_input(kw, msg):
     with pytest.raises(DataeffError, match=msg):
