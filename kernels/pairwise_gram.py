@@ -1,4 +1,4 @@
-"""Triton kernel: the raw Gram matrix X·Xᵀ of k long rows (k tiny, D huge), float64-grade, reading X once.
+"""Triton kernel: the raw Gram matrix X·Xᵀ of k long rows (k tiny, D huge), reading X once; no fp32 sum runs over more than BLOCK_D terms.
 
 X arrives as a list of column chunks (one k × d_l block per LoRA tensor), each with any row stride. The columns of
 all chunks are cut into segments; one program per (segment, row-tile pair) streams its segment in BLOCK_D-wide
@@ -19,11 +19,16 @@ PARTIALS_BUDGET_BYTES = 64 * 2**20  # cap on the float64 partial-Gram buffer (nu
 SEGMENT_ALIGN = 1024  # segment lengths are multiples of this (so 16-byte alignment of segment starts is preserved)
 
 
+# the interpreter runs programs one by one in numpy: one wide block, nothing to tune
+BLOCK_DS = (1024,) if INTERPRET else (64, 128, 256)
+MAX_BLOCK_D = max(BLOCK_DS)  # the longest fp32 sum the kernel runs: its accuracy bound (see dataeff.similarity.gram_error_bound)
+
+
 def _configs():
-    if INTERPRET:  # the interpreter runs programs one by one in numpy: one wide block, nothing to tune
-        return [triton.Config({"BLOCK_D": 1024}, num_warps=4)]
+    if INTERPRET:
+        return [triton.Config({"BLOCK_D": bd}, num_warps=4) for bd in BLOCK_DS]
     return [triton.Config({"BLOCK_D": bd}, num_warps=w, num_stages=s)
-            for bd in (64, 128, 256) for w in (4, 8) for s in (2, 3, 4)]
+            for bd in BLOCK_DS for w in (4, 8) for s in (2, 3, 4)]
 
 
 @triton.autotune(configs=_configs(), key=["K", "BLOCK_K", "SINGLE_TILE", "ALIGNED", "UPCAST"], cache_results=True)

@@ -44,8 +44,8 @@ def test_all_100_published_pairs_are_tested(reference):
 @pytest.mark.parametrize("model,task", _pairs())
 def test_reproduces_published_auc(reference, model, task):
     ref, curve = _published(model)[task], _analysed(model)[task]
-    assert abs(curve.auc - ref["extrapolation_auc"]) <= 1e-9
-    assert abs(curve.min_acc - ref["min_acc"]) <= 1e-12
+    assert abs(curve.auc - ref["extrapolation_auc"]) <= 1e-9  # float64 AUC of <= 10 curve points vs the authors' float64: ~1e-15 apart
+    assert abs(curve.min_acc - ref["min_acc"]) <= 1e-12  # copied/compared float64 values: a few ulps at most
     assert abs(curve.max_acc - ref["max_acc"]) <= 1e-12
     assert abs(curve.ceiling - ref["human_eval"]) <= 1e-12
 
@@ -57,7 +57,7 @@ def test_cli_json_matches_published(reference, model, tmp_path, capsys):
     table = capsys.readouterr().out
     written = json.loads(out.read_text())
     for task, ref in _published(model).items():
-        assert abs(written[task]["auc"] - ref["extrapolation_auc"]) <= 1e-9
+        assert abs(written[task]["auc"] - ref["extrapolation_auc"]) <= 1e-9  # as above
         assert abs(written[task]["ceiling"] - ref["human_eval"]) <= 1e-12
         assert task in table
     aucs = [v["auc"] for v in written.values()]
@@ -79,7 +79,7 @@ def test_single_authors_file_finds_human_eval_beside_its_folder(reference):
 # ---- the metric and the power-curve model on hand-made curves
 
 def test_hockey_stick_auc_is_last_triangle():
-    assert data_efficiency_auc({0: 0.2, 5000: 1.0}) == pytest.approx(0.5 / math.log2(5000), abs=1e-15)
+    assert data_efficiency_auc({0: 0.2, 5000: 1.0}) == pytest.approx(0.5 / math.log2(5000), abs=1e-15)  # two float64 operations on O(0.1) values: <= 2 ulps
 
 
 def test_straight_line_has_auc_half():
@@ -87,7 +87,7 @@ def test_straight_line_has_auc_half():
     x = log_budget(grid)
     # scores equal to the log-scaled budget: y = x, whose area is exactly 1/2
     auc = data_efficiency_auc(dict(zip(grid, x)))
-    assert auc == pytest.approx(0.5, abs=1e-12)
+    assert auc == pytest.approx(0.5, abs=1e-12)  # float64, a few operations: a few ulps
 
 
 def test_human_ceiling_above_best_lowers_auc():
@@ -96,16 +96,16 @@ def test_human_ceiling_above_best_lowers_auc():
 
 
 def test_budget_for_target_worked_example_and_inverse():
-    assert budget_for_target(0.661, 0.9) == pytest.approx(1028, abs=1)
+    assert budget_for_target(0.661, 0.9) == pytest.approx(1028, abs=1)  # the paper's budget, an integer
     aucs, targets = np.array([0.15, 0.4, 0.7])[:, None], np.array([0.1, 0.5, 0.9])
     n = budget_for_target(aucs, targets)
     assert n.shape == (3, 3)
-    np.testing.assert_allclose(power_curve(log_budget(n), auc_to_exponent(aucs)), np.broadcast_to(targets, (3, 3)), atol=1e-12)
+    np.testing.assert_allclose(power_curve(log_budget(n), auc_to_exponent(aucs)), np.broadcast_to(targets, (3, 3)), atol=1e-12)  # float64 log/pow round trip: ~10 ulps
 
 
 def test_measured_budget_interpolates_in_log2_and_reports_not_reached():
     got = measured_budget_for_target([0, 100, 400], [0.0, 0.4, 0.8], [0.6, 0.8, 0.9])
-    np.testing.assert_allclose(got[:2], [200.0, 400.0])
+    np.testing.assert_allclose(got[:2], [200.0, 400.0])  # float64 interpolation between grid points: rtol 1e-7 is ~10^9 ulps
     assert got[2] == math.inf
     assert measured_budget_for_target([0, 100, 400], [0.0, 0.4, 0.8], 0.9) == math.inf
 
@@ -203,5 +203,5 @@ def test_csv_and_records_give_the_same_curves(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "no human_eval.json found" in out
     written = json.loads((tmp_path/"o.json").read_text())
-    assert written["t"]["auc"] == pytest.approx(data_efficiency_auc({0: 0.5, 100: 0.8, 5000: 0.9}), abs=1e-15)
+    assert written["t"]["auc"] == pytest.approx(data_efficiency_auc({0: 0.5, 100: 0.8, 5000: 0.9}), abs=1e-15)  # the same float64 computation
     assert written["t"]["ceiling"] == 0.9

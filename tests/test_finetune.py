@@ -142,7 +142,7 @@ def test_results_file_of_other_settings_is_not_mixed(capsys, measured, tmp_path)
 
 def test_two_processes_measure_the_same_curve_as_one(tmp_path):
     "DDP over two CPU processes (gloo) against one process, with a small random Llama saved to disk: the same curve up to float rounding."
-    from dataeff.models import tiny_model
+    from dataeff.models import fp32_rounding_bound, tiny_model
     model, tokenizer = tiny_model(hidden_size=64)
     model.save_pretrained(tmp_path/"tiny"); tokenizer.save_pretrained(tmp_path/"tiny")
     args = ["curve", TASK, "--model", str(tmp_path/"tiny"), "--budgets", "0,50", "--max-steps", "6", "--batch-size", "8", "--micro-batch-size", "3",
@@ -158,7 +158,10 @@ def test_two_processes_measure_the_same_curve_as_one(tmp_path):
     for budget in ("0", "50"):
         assert (one[budget]["processes"], two[budget]["processes"]) == (1, 2)
         assert one[budget]["steps"] == two[budget]["steps"] and one[budget]["n_test"] == two[budget]["n_test"] == 16
-        assert abs(one[budget]["accuracy"] - two[budget]["accuracy"]) <= 1 / 16
-    assert two["50"]["val_loss"] == pytest.approx(one["50"]["val_loss"], rel=1e-5)
-    assert two["50"]["initial_val_loss"] == pytest.approx(one["50"]["initial_val_loss"], rel=1e-5)
+        assert abs(one[budget]["accuracy"] - two[budget]["accuracy"]) <= 1 / 16  # a greedy near-tie may flip one of the 16 answers
+    # one or two processes: the same arithmetic up to summation order (gradient all-reduce, micro-batch split); the
+    # trained loss sits at the end of 6 steps of forward + backward and one forward (13 passes; AdamW's m/√v passes a
+    # relative gradient change through unamplified where |g| >> eps), the initial one after a single forward pass
+    assert two["50"]["val_loss"] == pytest.approx(one["50"]["val_loss"], rel=fp32_rounding_bound(model.config, passes=2 * 6 + 1))
+    assert two["50"]["initial_val_loss"] == pytest.approx(one["50"]["initial_val_loss"], rel=fp32_rounding_bound(model.config))
     assert two["50"]["val_loss"] < 0.9 * two["50"]["initial_val_loss"]

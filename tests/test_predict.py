@@ -9,18 +9,18 @@ from dataeff.predict import predict
 
 def test_worked_example_of_the_paper():
     p = predict(0.65, c=0.54, intercept=0.31, targets=[0.9], shape="power")
-    assert p.auc == pytest.approx(0.661, abs=1e-12)
-    assert p.exponent == pytest.approx(0.339/0.661, rel=1e-12)
-    assert p.budgets[0] == pytest.approx(1028, abs=1)
+    assert p.auc == pytest.approx(0.661, abs=1e-12)  # float64, a few operations: a few ulps
+    assert p.exponent == pytest.approx(0.339/0.661, rel=1e-12)  # float64, a few operations: a few ulps
+    assert p.budgets[0] == pytest.approx(1028, abs=1)  # the paper's budget, an integer
     # float64 reference of n = 2^(t^(1/p) log2 5000)
-    assert p.budgets[0] == pytest.approx(2**(0.9**(0.661/0.339)*math.log2(5000)), rel=1e-12)
+    assert p.budgets[0] == pytest.approx(2**(0.9**(0.661/0.339)*math.log2(5000)), rel=1e-12)  # float64 pow/log: ~10 ulps relative
 
 
 def test_named_family_uses_published_coefficients_and_the_scatter():
     p = predict(0.5, "qwen2.5-14b")
-    assert p.auc == pytest.approx(0.526*0.5 + 0.305, rel=1e-12)
+    assert p.auc == pytest.approx(0.526*0.5 + 0.305, rel=1e-12)  # float64, a few operations: a few ulps
     half = stats.norm.ppf(0.975)*0.125  # the scatter assumed equal to Llama's
-    np.testing.assert_allclose(p.auc_interval, [p.auc - half, p.auc + half], rtol=1e-12)
+    np.testing.assert_allclose(p.auc_interval, [p.auc - half, p.auc + half], rtol=1e-12)  # float64, a few operations: a few ulps
     assert "assumed equal to Llama" in p.interval_sources[0] and "curve shapes" in p.interval_sources[-1]
 
 
@@ -31,15 +31,15 @@ def test_learned_interval_is_the_budget_models_gaussian():
     p = predict(0.5, cal, targets=[0.7])
     k = bm.targets.index(0.7)
     m, sd = bm.alpha[k] + bm.beta[k]*0.6, math.sqrt(bm.cov[k][k] + bm.beta[k]**2*0.01)
-    assert math.log2(p.budgets[0]) == pytest.approx(m, abs=1e-9)
+    assert math.log2(p.budgets[0]) == pytest.approx(m, abs=1e-9)  # float64 log2/exp2 of a budget ≤ 5000: ~1e-15
     lo, hi = np.clip([m - stats.norm.ppf(0.975)*sd, m + stats.norm.ppf(0.975)*sd], math.log2(50), math.log2(5000))
-    np.testing.assert_allclose(np.log2(p.budget_intervals[0]), [lo, hi], atol=1e-9)
+    np.testing.assert_allclose(np.log2(p.budget_intervals[0]), [lo, hi], atol=1e-9)  # likewise
 
 
 def test_se_only_calibration_says_its_interval_is_too_narrow():
     cal = Calibration("toy", 0.6, 0.3, c_se=0.1, intercept_se=0.03, cov_c_intercept=-0.002, residual_sd=0.1, n_tasks=12)
     p = predict(0.5, cal, coslow_interval=(0.45, 0.58))
-    assert p.auc_sd == pytest.approx(math.sqrt(0.25*0.01 + 0.03**2 - 2*0.5*0.002 + 0.01), rel=1e-12)
+    assert p.auc_sd == pytest.approx(math.sqrt(0.25*0.01 + 0.03**2 - 2*0.5*0.002 + 0.01), rel=1e-12)  # float64, a few operations: a few ulps
     assert "too narrow" in p.interval_sources[0] and "not added" in p.interval_sources[1]
     for b, (blo, bhi) in zip(p.budgets, p.budget_intervals): assert blo <= b <= bhi
     assert p.budgets == sorted(p.budgets)
