@@ -30,6 +30,8 @@ def bootstrap_interval(cosine, n_resamples: int = 1000, seed: int = 0, level: fl
     cosine = np.asarray(cosine, dtype=np.float64)
     k = len(cosine)
     if k < 2: raise DataeffError(f"CoS-Low needs at least 2 usable examples, got {k}")
+    if not 0 < level < 1: raise DataeffError(f"bootstrap level {level}: must lie strictly between 0 and 1 (e.g. 0.95)")
+    if n_resamples < 1: raise DataeffError(f"bootstrap resamples {n_resamples}: need at least 1 (default 1000)")
     picks = np.random.default_rng(seed).integers(0, k, size=(n_resamples, k))
     a, b = np.triu_indices(k, 1)
     values = cosine[picks[:, a], picks[:, b]]                       # (resamples, pairs of positions)

@@ -63,6 +63,32 @@ def test_interval_contains_the_estimate_and_is_seeded():
     assert bootstrap_interval(cos, seed=1) != [lo, hi]
 
 
+def two_cluster_cosines(k=32, n_first=12, same=0.4, different=-0.2, noise=0.05, seed=1):
+    "Pair cosines of k examples with binary answers: `same` within an answer, `different` across, plus Gaussian noise."
+    rng = np.random.default_rng(seed)
+    answer = np.arange(k) < n_first
+    c = np.where(answer[:, None] == answer[None], same, different) + rng.normal(0, noise, (k, k))
+    c = np.triu(c, 1)
+    return c + c.T + np.eye(k)
+
+
+def test_two_clusters_interval_spans_the_gap_with_the_point_inside():
+    cos = two_cluster_cosines()  # 66 + 190 of 496 pairs share an answer: CoS-Low on the lower edge of the upper cluster
+    point = median_upper_pairs(cos)
+    lo, hi = bootstrap_interval(cos)
+    assert 0.2 < point < 0.4 and lo < 0 < point < hi  # the median may jump to the lower cluster (near -0.2) under resampling
+    pairs = cos[np.triu_indices(32, 1)]
+    assert pairs.min() <= lo and hi <= pairs.max()  # a median of these pairs cannot leave their range
+
+
+def test_bad_interval_arguments():
+    cos = two_cluster_cosines()
+    with pytest.raises(DataeffError, match="at least 2 usable examples"): bootstrap_interval(np.ones((1, 1)))
+    with pytest.raises(DataeffError, match="strictly between 0 and 1"): bootstrap_interval(cos, level=0)
+    with pytest.raises(DataeffError, match="strictly between 0 and 1"): bootstrap_interval(cos, level=1.5)
+    with pytest.raises(DataeffError, match="at least 1"): bootstrap_interval(cos, n_resamples=0)
+
+
 def test_report_is_complete_deterministic_and_matches_float64(tiny):
     model, tok = tiny
     sample, pool = make_task("web_of_lies", 6, seed=0), make_task("web_of_lies", 30, seed=1)
