@@ -242,3 +242,72 @@ def test_batched_path_refuses_a_trained_adapter(tiny):
     with lora_adapter(tiny, SPEC) as m:
         with torch.no_grad(): next(p for n, p in m.named_parameters() if "lora_B" in n).fill_(0.01)
         with pytest.raises(DataeffError, match="sequential"): per_example_gradients(m, random_encoded(2), ["a", "b"], progress=False)
+
+
+# --- The loss covers the answer's own tokens, whatever the tokenizer does at the prompt/answer boundary -----------------
+
+def merging_tokenizer():
+    "A stub BPE tokenizer with no pre-tokenizer and the merge '\\n' + '4' → '\\n4': 'abba\\n' + '44' tokenised jointly merges across the boundary."
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    vocab = {"<eos>": 0, "a": 1, "b": 2, "\n": 3, "4": 4, "\n4": 5}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[("\n", "4")]))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
+
+
+def random_llama(vocab_size, seed=0):
+    "A randomly initialised two-layer Llama over `vocab_size` tokens."
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, bos_token_id=None, eos_token_id=0, pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+def assert_loss_is_the_answers_own_tokens(model, tok, example):
+    "The loss terms `per_example_gradients` builds are the answer's own tokens after the prompt's own tokens, and its loss is their mean cross-entropy."
+    from dataeff.gradients import _loss_inputs
+    from dataeff.models import encode_example, render_prompt
+    prompt = tok(render_prompt(tok, example), add_special_tokens=False)["input_ids"]
+    answer = tok(example.target, add_special_tokens=False)["input_ids"]
+    enc = encode_example(tok, example)
+    input_ids, batch_rows, positions, targets = _loss_inputs([enc], [0], 0, "cpu")  # the targets the loss is taken over
+    assert targets.tolist() == answer and batch_rows.tolist() == [0] * len(answer)
+    assert (positions + 1).tolist() == list(range(len(prompt), len(prompt) + len(answer)))  # position t predicts token t + 1
+    assert input_ids[0].tolist() == (prompt + answer)[:-1]  # the context is the prompt's own tokens
+    with lora_adapter(model, SPEC, seed=0) as peft_model:
+        grads = per_example_gradients(peft_model, [enc], [example.id], progress=False)
+    with torch.no_grad(): logits = model(torch.tensor([prompt + answer])).logits[0].double()
+    manual = torch.nn.functional.cross_entropy(logits[len(prompt) - 1:-1], torch.tensor(answer)).item()
+    assert grads.answer_tokens == [len(answer)]
+    # the same fp32 forward pass summed in another order (prefix cache, loss positions only): fp32_rounding_bound of one pass
+    assert grads.losses[0] == pytest.approx(manual, rel=fp32_rounding_bound(model.config, passes=1))
+
+
+def test_loss_is_the_answers_own_tokens_when_the_tokenizer_merges_across_the_boundary():
+    from dataeff.data import Example
+    tok = merging_tokenizer()
+    example = Example("m", "abba\n", "44", raw=True)
+    joint = tok("abba\n44", add_special_tokens=False)["input_ids"]
+    assert joint == [1, 2, 2, 1, 5, 4]  # jointly, '\n4' is one token: masking len(prompt) = 5 tokens would leave only the last '4'
+    assert_loss_is_the_answers_own_tokens(random_llama(len(tok)), tok, example)
+
+
+def test_loss_is_the_answers_own_tokens_under_smollm2s_tokenizer():
+    "SmolLM2 splits a prompt's final '\\n\\n' when a digit follows it: jointly, the loss of len(prompt)-masking would take in a '\\n'."
+    from dataeff.data import Example
+    from transformers import AutoTokenizer
+    from dataeff.models import DEFAULT_MODEL, _resolve
+    tok = AutoTokenizer.from_pretrained(_resolve(DEFAULT_MODEL))  # the real tokenizer; a random small Llama over its vocabulary
+    prompt = "<|start_header_id|>user<|end_header_id|>\n\nIs it raining? Answer 0 (yes) or 1 (no).<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    example = Example("s", prompt, "1", raw=True)
+    alone, joint = tok(prompt, add_special_tokens=False)["input_ids"], tok(prompt + "1", add_special_tokens=False)["input_ids"]
+    assert joint != alone + tok("1", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(alone[-1:]) == ["ĊĊ"] and tok.convert_ids_to_tokens(joint[len(alone) - 1:]) == ["Ċ", "Ċ", "1"]
+    assert_loss_is_the_answers_own_tokens(random_llama(len(tok)), tok, example)
+
+
+def test_loss_is_the_answers_own_tokens_under_the_tiny_chatml_tokenizer():
+    from dataeff.data import Example
+    model, tok = tiny_model(seed=0)
+    assert_loss_is_the_answers_own_tokens(model, tok, Example("t", "2 + 2 =", "4", "Answer with a number."))
