@@ -264,3 +264,17 @@ def test_python_api_takes_dataframes_datasets_and_dicts(tmp_path, tiny, task_row
                [("frame", pd.DataFrame(task_rows)), ("dataset", datasets.Dataset.from_list(task_rows)), ("dicts", task_rows)]]
     assert [r.status for r in reports] == ["complete"] * 3 and [r.pool for r in reports] == ["the DataFrame", "the Dataset", "the list of dicts"]
     assert reports[0].coslow == reports[1].coslow == reports[2].coslow
+
+
+def test_select_writes_the_sheet_beside_the_jsonl(tmp_path, capsys):
+    rows = [{"qid": f"q{i}", "text": f"question {i}"} for i in range(20)]
+    pool = write_source("csv", tmp_path, rows)
+    scores = [dict(id=r["qid"], avg_confidence=i / 20, ppl=1.0, answer="", model="m") for i, r in enumerate(rows)]
+    (tmp_path/"s.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scores))
+    out = tmp_path/"to_annotate.jsonl"
+    assert main(["select", str(tmp_path/"s.jsonl"), "--pool", str(pool), "--input-field", "text", "--id-field", "qid", "--labels", "a,b",
+                 "--k", "2", "--out", str(out)]) == 0
+    assert "to_annotate.csv" in capsys.readouterr().out
+    sheet = pd.read_csv(tmp_path/"to_annotate.csv", dtype=str, keep_default_na=False)
+    assert sheet.id.tolist() == ["q0", "q1"] and sheet.answers.tolist() == ["a | b"] * 2 and (sheet.label == "").all()
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["q0", "q1"]
