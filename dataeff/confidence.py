@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from .core import DataeffError, atomic_write
-from .data import Example, read_examples, write_to_annotate
+from .data import Example, read_pool, write_to_annotate, add_pool_arguments, pool_options
 from .models import DEFAULT_MODEL, load_model, model_id, render_prompt, cache_kwargs
 
 # %% ../nbs/03_confidence.ipynb #ae9fd38a
@@ -101,8 +101,10 @@ def read_scores(path) -> list[dict]:
     if not scores: raise DataeffError(f"{path}: no scores in this file; run dataeff score first")
     return scores
 
-def score_pool(model, tokenizer, examples: list[Example], out, batch_size=16, max_new_tokens=30, progress=True, save_every=4) -> list[dict]:
-    "Score `examples` into the JSONL file `out`, resuming from the ids already there; every `save_every` batches the file is rewritten atomically."
+def score_pool(model, tokenizer, examples, out, batch_size=16, max_new_tokens=30, progress=True, save_every=4, **pool_options) -> list[dict]:
+    """Score `examples` (`Example`s, or any pool `read_pool` reads, with its `pool_options`: `input_field=`, ...) into the JSONL file `out`,
+    resuming from the ids already there; every `save_every` batches the file is rewritten atomically."""
+    examples = read_pool(examples, **pool_options)
     out, name = Path(out), model_id(model)
     done = read_scores(out) if out.is_file() and out.stat().st_size else []
     ids = {ex.id for ex in examples}
@@ -136,7 +138,7 @@ def select_low_confidence(scores: list[dict], k=32, seed=0, by="avg_confidence")
 
 # %% ../nbs/03_confidence.ipynb #136cfbbb
 def _run_score(args):
-    examples = read_examples(args.pool)
+    examples = read_pool(args.pool, **pool_options(args))
     out = Path(args.out) if args.out else Path(args.pool).with_suffix(".scores.jsonl")
     model, tokenizer = load_model(args.model, device=args.device)
     scores = score_pool(model, tokenizer, examples, out, args.batch_size, args.max_new_tokens)
@@ -144,33 +146,38 @@ def _run_score(args):
 
 def configure_score(parser):
     "`dataeff score POOL --model M [--batch-size B] [--max-new-tokens T] [--out SCORES]`."
-    parser.add_argument("pool", help="pool of examples (.jsonl, BIG-bench task.json, or the authors' JSON list)")
+    parser.add_argument("pool", help="pool of examples: .csv, .tsv, .parquet, .json, .jsonl (ours, BIG-bench, the authors' lists) or a save_to_disk folder")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, .gguf file, folder or Hugging Face id (default {DEFAULT_MODEL})")
     parser.add_argument("--batch-size", type=int, default=16, help="examples decoded together (default 16)")
     parser.add_argument("--max-new-tokens", type=int, default=30, help="longest answer generated (default 30)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", help="scores JSONL (default: POOL with .scores.jsonl); rerunning resumes it")
+    add_pool_arguments(parser)
     parser.set_defaults(run=_run_score)
 
 def _run_select(args):
-    pool = read_examples(args.pool)
+    pool = read_pool(args.pool, **pool_options(args))
     scores = read_scores(args.scores)
     pool_ids, scored = {ex.id for ex in pool}, {s["id"] for s in scores}
     if scored - pool_ids: raise DataeffError(f"{args.scores}: id {sorted(scored - pool_ids)[0]!r} is not in {args.pool}; score this pool with dataeff score")
     if pool_ids - scored: raise DataeffError(f"{args.scores}: {len(pool_ids - scored)} examples of {args.pool} are not scored yet; rerun dataeff score to finish")
     by_id = {ex.id: ex for ex in pool}
     chosen = [by_id[i] for i in select_low_confidence(scores, args.k, args.seed, args.by)]
-    write_to_annotate(args.out, chosen)
+    out = Path(args.out)
+    beside = out.with_suffix(".jsonl" if out.suffix.lower() in (".csv", ".tsv") else ".csv")
+    write_to_annotate(out, chosen, pool.labels)
+    write_to_annotate(beside, chosen, pool.labels)
     labelled = sum(ex.target is not None for ex in chosen)
     todo = f"; fill in the other {len(chosen) - labelled} targets" if labelled < len(chosen) else " (all labelled already)"
-    print(f"wrote {len(chosen)} least-confident examples to {args.out}{todo}")
+    print(f"wrote {len(chosen)} least-confident examples to {out} and {beside}{todo}")
 
 def configure_select(parser):
-    "`dataeff select SCORES --pool POOL --k 32 --seed S --out to_annotate.jsonl`."
+    "`dataeff select SCORES --pool POOL --k 32 --seed S --out to_annotate.jsonl` (and to_annotate.csv beside it)."
     parser.add_argument("scores", help="scores JSONL written by dataeff score")
-    parser.add_argument("--pool", required=True, help="the pool that was scored")
+    parser.add_argument("--pool", required=True, help="the pool that was scored (read with the same pool options)")
     parser.add_argument("--k", type=int, default=32, help="examples to select (default 32; the pool needs at least 10·k)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sample (default 0)")
     parser.add_argument("--by", choices=["avg_confidence", "ppl"], default="avg_confidence", help="confidence measure (default avg_confidence)")
-    parser.add_argument("--out", default="to_annotate.jsonl", help="file for the annotator (default to_annotate.jsonl)")
+    parser.add_argument("--out", default="to_annotate.jsonl", help="file for the annotator, .jsonl or .csv; the other is written beside it (default to_annotate.jsonl)")
+    add_pool_arguments(parser)
     parser.set_defaults(run=_run_select)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import DataeffError, atomic_write_json, timed_stage
-from .data import Example, read_examples, exact_match
+from .data import Example, read_pool, exact_match, add_pool_arguments, pool_options
 from .models import DEFAULT_MODEL, load_model, model_id, encode_example
 from .confidence import score_examples, score_pool, select_low_confidence
 from .similarity import pairwise_cosine
@@ -126,7 +126,7 @@ def _run_coslow(args):
     grad_dtype = check_dtype(args.grad_dtype, "cpu", what="gradient buffer dtype")
     lora = _lora_from_args(args)
     if args.k < 2: raise DataeffError(f"--k {args.k}: CoS-Low needs at least 2 examples")
-    examples = read_examples(args.file)
+    examples = read_pool(args.file, **pool_options(args))
     if not args.select:
         sample, how = _labelled_sample(args, examples)  # checked before the model loads
         if len(sample) < 2: raise DataeffError(f"{args.file}: holds {len(sample)} example; CoS-Low needs at least 2 labelled examples")
@@ -159,7 +159,7 @@ def _run_coslow(args):
 # %% ../nbs/06a_coslow.ipynb #dc357482
 def configure_coslow(parser):
     "`dataeff coslow LABELLED --model M [--seed S] [--k K] [--out report.json]`, or `dataeff coslow POOL --select ...`."
-    parser.add_argument("file", help="labelled examples (an annotated selection or any labelled file), or with --select a pool to score and select from")
+    parser.add_argument("file", help="labelled examples (an annotated selection or any labelled pool: .csv, .tsv, .parquet, .json, .jsonl or a save_to_disk folder), or with --select a pool to score and select from")
     parser.add_argument("--select", action="store_true", help="treat FILE as a pool: score it, select the k least-confident (they must be labelled)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, .gguf file, folder or Hugging Face id (default {DEFAULT_MODEL})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the LoRA init, the selection and the bootstrap (default 0)")
@@ -179,4 +179,5 @@ def configure_coslow(parser):
     parser.add_argument("--lora-targets", default=",".join(LORA_TARGETS), help=f"comma-separated module names (default {','.join(LORA_TARGETS)})")
     parser.add_argument("--include-lora-a", action="store_true", help="keep lora_A gradients too (zero at init: cosines unchanged)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the confidence pass (conf_avg_k, zero-shot accuracy)")
+    add_pool_arguments(parser)
     parser.set_defaults(run=_run_coslow)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .core import DataeffError, atomic_write_json, read_json
-from .data import read_examples, exact_match, normalise_answer
+from .data import read_pool, exact_match, normalise_answer, add_pool_arguments, pool_options
 from .tasks import TASKS, make_task
 from .models import DEFAULT_MODEL, load_model, encode_example, model_id
 from .curves import RESULT_SUFFIX
@@ -121,10 +121,10 @@ def _shuffled(items, seed, purpose):
     random.Random(f"{seed}:{purpose}").shuffle(items)
     return items
 
-def _require_labels(examples, source):
+def _require_labels(examples):
     for ex in examples:
         if ex.target is None or not str(ex.target).strip():
-            raise DataeffError(f"{source}: example id {ex.id!r} has no target; every example of a curve needs its label (or remove it)")
+            raise DataeffError(f"{examples.source}: example id {ex.id!r} has no target; every example of a curve needs its label (or remove it)")
     return examples
 
 def _generate_unique(task, n, seed):
@@ -137,31 +137,33 @@ def _generate_unique(task, n, seed):
         if len(examples) >= want or n >= 16 * want: return examples[:want] if len(examples) >= want else examples
         n *= 2
 
-def load_curve_data(task, budgets=DEFAULT_BUDGETS, settings=None, test=None, seed=0) -> CurveData:
-    "Pool and test set of `task` (a built-in task name or a labelled file) for `budgets`; `test`: a labelled test file, else a seeded split."
+def load_curve_data(task, budgets=DEFAULT_BUDGETS, settings=None, test=None, seed=0, **pool_options) -> CurveData:
+    """Pool and test set of `task` (a built-in task name, or a labelled pool `read_pool` reads with `pool_options`) for `budgets`;
+    `test`: a labelled test pool read the same way, else a seeded split."""
     settings = settings or CurveSettings()
     needed = max(b + validation_size(b, settings) for b in check_budgets(budgets))
-    test_examples = _require_labels(read_examples(test), test) if test is not None else None
-    if task in TASKS:
+    test_examples = _require_labels(read_pool(test, **pool_options)) if test is not None else None
+    if isinstance(task, str) and task in TASKS:
         n_test = 0 if test_examples is not None else settings.eval_size
         examples = _generate_unique(task, max(1, needed + n_test), seed)
         if test_examples is None:
             test_examples, examples = examples[:n_test], examples[n_test:]
-        name, order = task, examples  # generated examples are already in random order: keeping it makes the pool grow by appending
+        source, name, order = task, task, examples  # generated examples are already in random order: keeping it makes the pool grow by appending
     else:
-        path = Path(task)
-        if not path.is_file(): raise DataeffError(f"{task}: neither a built-in task ({', '.join(TASKS)}) nor a labelled file; check the name or path")
-        examples = _require_labels(read_examples(path), path)
+        if isinstance(task, (str, Path)) and not Path(task).exists():
+            raise DataeffError(f"{task}: neither a built-in task ({', '.join(TASKS)}) nor a labelled file or folder; check the name or path")
+        examples = _require_labels(read_pool(task, **pool_options))
+        source = examples.source
         if test_examples is None:
-            if len(examples) < 2: raise DataeffError(f"{path}: {len(examples)} example; a seeded test split needs more, or pass --test FILE")
+            if len(examples) < 2: raise DataeffError(f"{source}: {len(examples)} example; a seeded test split needs more, or pass --test FILE")
             split = _shuffled(examples, seed, "test-split")
             n_test = min(len(split) - 1, max(1, round(settings.test_fraction * len(split))))
             test_examples, examples = split[:n_test], split[n_test:]
-        name, order = path.stem, _shuffled(examples, seed, "training-order")
+        name, order = Path(source).stem, _shuffled(examples, seed, "training-order")
     pool_keys = {_key(ex): ex for ex in examples}
     overlap = [ex for ex in test_examples if _key(ex) in pool_keys]
     if overlap:
-        where = test if test is not None else task
+        where = test_examples.source if test is not None else source
         raise DataeffError(f"{where}: test example id {overlap[0].id!r} has the same input as training example id {pool_keys[_key(overlap[0])].id!r} "
                            f"({len(overlap)} such test examples); remove them from the test set or de-duplicate the file")
     if len(test_examples) > settings.eval_size: test_examples = _shuffled(test_examples, seed, "eval-sample")[:settings.eval_size]
@@ -410,14 +412,16 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines)
 
 def run_curve(task, model=DEFAULT_MODEL, budgets=DEFAULT_BUDGETS, out=None, test=None, seed=0, settings=None, cap_budgets=False,
-              progress=True, accelerator=None) -> dict:
+              progress=True, accelerator=None, **pool_options) -> dict:
     """Measure the data-efficiency curve of `model` (a name for `load_model`, or a `(model, tokenizer)` pair) on `task` and write it to `out`.
+    `task` is a built-in task or a labelled pool (`read_pool` reads it, and `test`, with `pool_options`).
     Finished budgets already in `out` are kept and skipped. Returns the file's content."""
+    if out is None and not isinstance(task, (str, Path)): raise DataeffError("an in-memory pool has no name for the results file; pass out=")
     settings = (settings or CurveSettings()).check()
     model_name = model if isinstance(model, (str, Path)) else model_id(model[0])
     out = Path(out) if out is not None else default_output(task, model_name, settings.method)
     results = _read_results(out)
-    data = load_curve_data(task, check_budgets(budgets), settings, test, seed)
+    data = load_curve_data(task, check_budgets(budgets), settings, test, seed, **pool_options)
     budgets = fit_budgets(budgets, data, settings, cap_budgets)
     prints = {b: _fingerprint(str(model_name), data, b, settings, seed) for b in budgets}
     for b in budgets:
@@ -454,19 +458,20 @@ def _curve_command(args):
                              lora_dropout=args.lora_dropout, eval_size=args.eval_size, test_fraction=args.test_fraction,
                              max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size, metric=args.metric, dtype=args.dtype)
     from accelerate import PartialState
-    results = run_curve(args.task, args.model, check_budgets(args.budgets), args.out, args.test, args.seed, settings, args.cap_budgets, progress=not args.quiet)
+    results = run_curve(args.task, args.model, check_budgets(args.budgets), args.out, args.test, args.seed, settings, args.cap_budgets, progress=not args.quiet,
+                        **pool_options(args))
     if PartialState().is_main_process and not args.quiet: print(summary_table(results))
 
 def configure_curve(parser):
     "Arguments of `dataeff curve`."
     d = CurveSettings()
-    parser.add_argument("task", metavar="TASK", help="built-in task name (dataeff tasks list) or a labelled file (.jsonl, BIG-bench task.json)")
+    parser.add_argument("task", metavar="TASK", help="built-in task name (dataeff tasks list) or a labelled pool (.csv, .tsv, .parquet, .json, .jsonl or a save_to_disk folder)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model alias, .gguf file, folder or Hugging Face id (default {DEFAULT_MODEL})")
     parser.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)), help="comma-separated training-set sizes; 0 = zero-shot (default %(default)s)")
     parser.add_argument("--method", choices=METHODS, default=d.method, help="full fine-tuning (paper) or LoRA (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, subsets, sampling and training (default %(default)s)")
     parser.add_argument("--out", help="results file (default {model}_{task}_full_result_v2.json); finished budgets in it are skipped")
-    parser.add_argument("--test", metavar="FILE", help="labelled test file (default: a seeded split of TASK's labelled examples)")
+    parser.add_argument("--test", metavar="FILE", help="labelled test pool, read with the same pool options (default: a seeded split of TASK's labelled examples)")
     parser.add_argument("--cap-budgets", action="store_true", help="lower budgets larger than the labelled data to the largest that fits, instead of failing")
     g = parser.add_argument_group("training")
     g.add_argument("--lr", type=float, help="peak learning rate (default 1e-5 full, 1e-4 LoRA)")
@@ -490,4 +495,5 @@ def configure_curve(parser):
     e.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="prompts per generation batch (default %(default)s)")
     e.add_argument("--metric", choices=METRICS, default=d.metric, help="also record macro-F1 over answer strings as 'f1' (generation tasks)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, no summary table")
+    add_pool_arguments(parser)
     parser.set_defaults(run=_curve_command)

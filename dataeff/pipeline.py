@@ -10,7 +10,7 @@ import argparse, hashlib, json, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .core import DataeffError, atomic_write, atomic_write_json, read_json, timed_stage
-from .data import read_examples, write_examples, write_to_annotate, read_annotations
+from .data import read_pool, write_examples, write_to_annotate, read_annotations, add_pool_arguments, pool_options
 from .models import DEFAULT_MODEL, load_model, model_id
 from .tasks import TASKS, make_task
 from .confidence import score_pool, select_low_confidence
@@ -71,8 +71,9 @@ def main_target(targets) -> float:
 def _markdown(r: EstimateReport) -> str:
     name = Path(r.pool).name
     if r.status != "complete":
-        return (f"# dataeff estimate: {name}\n\nWaiting for labels: label the `target` of every line of `{r.to_annotate}` "
-                f"(the {r.k} least-confident of {r.n_pool} pool examples), then rerun with `--annotations {r.to_annotate}`.\n")
+        sheet = Path(r.to_annotate).with_suffix(".csv")
+        return (f"# dataeff estimate: {name}\n\nWaiting for labels: label the `target` of every line of `{r.to_annotate}`, or the `label` column of `{sheet}` "
+                f"(the {r.k} least-confident of {r.n_pool} pool examples), then rerun with `--annotations` and the file you labelled.\n")
     p, cs, cal = r.prediction, r.coslow, r.calibration
     level = f"{p['level']:.0%}"
     lines = [f"# dataeff estimate: {name}", ""]
@@ -159,16 +160,24 @@ def _write_outputs(report: EstimateReport, prediction, out: Path):
 def estimate(pool, model: str = DEFAULT_MODEL, family: str = "llama-3.1-8b", targets=DEFAULT_TARGETS, annotations=None,
              out="dataeff-estimate", k: int = 32, seed: int = 0, dtype: str = "float32", device: str = "cpu", max_budget: int = 5000,
              lora: LoraSpec = LoraSpec(), batch_size: int = 2, score_batch_size: int = 16, n_resamples: int = 1000, level: float = 0.95,
-             random_baseline: bool = True, progress: bool = True) -> EstimateReport:
-    """Score the `pool`, select its k least-confident examples, take their labels (from the pool or the `annotations` file),
+             random_baseline: bool = True, progress: bool = True, input_field: str | None = None, target_field: str | None = None,
+             id_field: str | None = None, instruction: str | None = None, instruction_field: str | None = None, labels=None,
+             split: str | None = None) -> EstimateReport:
+    """Score the `pool`, select its k least-confident examples, take their labels (from the pool or the `annotations` file, .jsonl or .csv),
     compute CoS-Low and predict the budget per target with `family`'s calibration. Writes `report.json`, `report.md` and `curve.png` into `out`;
-    if the sample is unlabelled, writes `to_annotate.jsonl` there instead and returns a report with `status="needs_annotations"`."""
+    if the sample is unlabelled, writes `to_annotate.jsonl` and `to_annotate.csv` there instead and returns a report with `status="needs_annotations"`.
+    `pool` is anything `dataeff.data.read_pool` reads; `input_field` to `split` are its options."""
     say = print if progress else (lambda *a, **kw: None)
     targets = [float(t) for t in (targets if hasattr(targets, "__len__") else [targets])]
     calibration = load_calibration(family)
-    examples = read_examples(pool)
-    _check_request(pool, examples, k, targets, max_budget, level)
-    labels = {ex.id: ex for ex in read_annotations(annotations, examples)} if annotations is not None else {}
+    examples = read_pool(pool, input_field=input_field, target_field=target_field, id_field=id_field, instruction=instruction,
+                         instruction_field=instruction_field, labels=labels, split=split)
+    _check_request(examples.source, examples, k, targets, max_budget, level)
+    annotated = read_annotations(annotations, examples, partial=True) if annotations is not None else []
+    missing = [ex.id for ex in annotated if ex.target is None]
+    if missing:  # before the model loads: nothing is computed on a short sample
+        raise DataeffError(f"{annotations}: {len(missing)} of {len(annotated)} labels missing (first id {missing[0]!r}); fill them in and rerun")
+    labelled = {ex.id: ex for ex in annotated}
     dtype = check_dtype(dtype, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,18 +193,20 @@ def estimate(pool, model: str = DEFAULT_MODEL, family: str = "llama-3.1-8b", tar
         scores = score_pool(loaded, tokenizer, examples, out/"scores.jsonl", score_batch_size, progress=progress)
         by_id = {ex.id: ex for ex in examples}
         chosen = select_low_confidence(scores, k, seed)
-        sample = [labels.get(i, by_id[i]) for i in chosen]
-    report = EstimateReport("needs_annotations", str(pool), name, str(out), len(examples), k, seed, calibration.to_dict(),
+        sample = [labelled.get(i, by_id[i]) for i in chosen]
+    report = EstimateReport("needs_annotations", examples.source, name, str(out), len(examples), k, seed, calibration.to_dict(),
                             _calibration_note(calibration, name), timings=timings)
 
     unlabelled = [ex for ex in sample if ex.target is None]
     if unlabelled:
         if annotations is not None:
-            raise DataeffError(f"{annotations}: {len(unlabelled)} of the {k} selected examples have no label there (first {unlabelled[0].id!r}); "
-                               f"label every line of {out/'to_annotate.jsonl'} and pass that file (same --k and --seed as when it was written)")
-        report.to_annotate = str(out/"to_annotate.jsonl")
-        write_to_annotate(report.to_annotate, sample)
-        say(f"[3/4] the pool has no labels: fill in the target of each of the {k} lines of {report.to_annotate}, then rerun with --annotations {report.to_annotate}")
+            raise DataeffError(f"{annotations}: {len(unlabelled)} of {k} labels missing (first id {unlabelled[0].id!r}, not in the file); "
+                               f"label every row of {out/'to_annotate.csv'} or {out/'to_annotate.jsonl'} and pass that file (same --k and --seed as when it was written)")
+        report.to_annotate, sheet = str(out/"to_annotate.jsonl"), out/"to_annotate.csv"
+        write_to_annotate(report.to_annotate, sample, examples.labels)
+        write_to_annotate(sheet, sample, examples.labels)
+        say(f"[3/4] the pool has no labels: fill in the target of each of the {k} lines of {report.to_annotate} or the label column of {sheet}, "
+            f"then rerun with --annotations and the file you labelled")
         return report
 
     say(f"[3/4] CoS-Low of the {k} least-confident examples' LoRA gradients")
@@ -241,7 +252,9 @@ def demo(out="dataeff-demo", task: str = DEMO_TASK, n: int = 320, family: str = 
 # %% ../nbs/10_pipeline.ipynb #9fc808a7
 def _print_outcome(report: EstimateReport, annotations_hint: str):
     if report.status != "complete":
-        print(f"next: label the target of each line of {report.to_annotate}, then run again with --annotations {report.to_annotate}{annotations_hint}")
+        sheet = Path(report.to_annotate).with_suffix(".csv")
+        print(f"next: label the target of each line of {report.to_annotate} or the label column of {sheet}, "
+              f"then run again with --annotations and the file you labelled{annotations_hint}")
         return
     if report.calibration_note: print(f"note: {report.calibration_note}")
     excluded = len(report.coslow["excluded"])
@@ -269,16 +282,18 @@ def _estimate_kwargs(args) -> dict:
                 random_baseline=not args.no_random_baseline, progress=not args.quiet)
 
 def _run_estimate(args):
-    report = estimate(args.pool, model=args.model, annotations=args.annotations, out=args.out, seed=args.seed, **_estimate_kwargs(args))
+    report = estimate(args.pool, model=args.model, annotations=args.annotations, out=args.out, seed=args.seed, **_estimate_kwargs(args),
+                      **pool_options(args))
     _print_outcome(report, f" (same --k {args.k} and --seed {args.seed})")
 
 def configure_estimate(parser):
     "`dataeff estimate POOL --model M --family F [--target ...] [--annotations FILE] [--out DIR]`."
-    parser.add_argument("pool", help="pool of examples (.jsonl, BIG-bench task.json, or the authors' JSON list), labelled or not")
+    parser.add_argument("pool", help="pool of examples, labelled or not: .csv, .tsv, .parquet, .json, .jsonl (ours, BIG-bench, the authors' lists) or a save_to_disk folder")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, .gguf file, folder or Hugging Face id (default {DEFAULT_MODEL})")
-    parser.add_argument("--annotations", help="the labelled to_annotate.jsonl of a previous run on an unlabelled pool")
+    parser.add_argument("--annotations", help="the labelled to_annotate.csv or to_annotate.jsonl of a previous run on an unlabelled pool")
     parser.add_argument("--out", default="dataeff-estimate", help="output folder: report.json, report.md, curve.png and resumable work (default dataeff-estimate)")
     _common_arguments(parser)
+    add_pool_arguments(parser)
     parser.set_defaults(run=_run_estimate)
 
 def _run_demo(args):

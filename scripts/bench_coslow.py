@@ -26,12 +26,12 @@ def _part(name, model_name, n, batch_size, threads):
     import numpy as np, torch
     torch.set_num_threads(threads)
     from dataeff.core import reference_dir
-    from dataeff.data import read_examples
+    from dataeff.data import read_pool
     from dataeff.models import load_model, encode_example
     from dataeff.gradients import LoraSpec, add_lora, per_example_gradients, lora_tensors
     from dataeff.coslow import compute_coslow, median_upper_pairs, bootstrap_interval
     from dataeff.similarity import pairwise_cosine
-    examples = read_examples(reference_dir() / "results/coslow_data/low_conf_examples_annotated.json")[:n]
+    examples = read_pool(reference_dir() / "results/coslow_data/low_conf_examples_annotated.json")[:n]
     model, tokenizer = load_model(model_name)
     encoded = [encode_example(tokenizer, ex) for ex in examples]
     with torch.no_grad(): model(torch.tensor([encoded[0]["input_ids"]]))  # touch every weight (safetensors are memory-mapped)

@@ -4,7 +4,7 @@ import torch
 from dataeff.cli import main
 from dataeff.confidence import read_scores, score_examples, score_pool, select_low_confidence
 from dataeff.core import DataeffError
-from dataeff.data import Example, read_annotations, read_examples, write_examples
+from dataeff.data import Example, read_annotations, read_pool, write_examples
 from dataeff.models import fp32_rounding_bound, render_prompt
 from dataeff.tasks import make_task
 
@@ -105,7 +105,7 @@ def test_cli_select_and_annotation_round_trip(tmp_path, capsys):
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     assert [l["id"] for l in lines] == ["e0", "e1", "e2", "e3", "e4"] and [l["target"] for l in lines] == ["0", "", "2", "", "4"]
     assert "fill in the other 2 targets" in capsys.readouterr().out
-    with pytest.raises(DataeffError, match="empty target"): read_annotations(out, read_examples(tmp_path/"pool.jsonl"))
+    with pytest.raises(DataeffError, match="empty target"): read_annotations(out, read_pool(tmp_path/"pool.jsonl"))
     assert main(["select", str(tmp_path/"s.jsonl"), "--pool", str(tmp_path/"pool.jsonl"), "--k", "6", "--out", str(tmp_path/"x.jsonl")]) == 2
     assert "at least 60" in capsys.readouterr().err and not (tmp_path/"x.jsonl").exists()
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 from dataeff.core import FP64_U, DataeffError, gamma, reference_dir
-from dataeff.data import Example, read_examples, write_examples
+from dataeff.data import Example, read_pool, write_examples
 from dataeff.models import tiny_model, encode_example
 from dataeff.tasks import make_task
 from dataeff.gradients import LoraSpec, lora_adapter, per_example_gradients
@@ -205,7 +205,7 @@ def circa():
         pytest.skip("reference data not available")
     from dataeff.models import load_model
     model, tok = load_model()
-    return model, tok, read_examples(ref / REFERENCE)
+    return model, tok, read_pool(ref / REFERENCE)
 
 
 def test_reference_circa_deterministic_and_float64_exact(circa):

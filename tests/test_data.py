@@ -1,7 +1,7 @@
 import json
 import pytest
 from dataeff.core import DataeffError
-from dataeff.data import Example, read_examples, write_examples, exact_match, normalise_answer, write_to_annotate, read_annotations
+from dataeff.data import Example, read_pool, write_examples, exact_match, normalise_answer, write_to_annotate, read_annotations
 
 
 def write(tmp_path, name, text):
@@ -10,7 +10,7 @@ def write(tmp_path, name, text):
 
 
 def test_jsonl_ids_are_given_or_the_line_index(tmp_path):
-    pool = read_examples(write(tmp_path, "p.jsonl", '{"input": "a"}\n{"id": "x", "input": "b", "target": 5}\n{"input": "c"}\n'))
+    pool = read_pool(write(tmp_path, "p.jsonl", '{"input": "a"}\n{"id": "x", "input": "b", "target": 5}\n{"input": "c"}\n'))
     assert [ex.id for ex in pool] == ["0", "x", "2"]
     assert pool[1].target == "5" and pool[0].target is None
 
@@ -25,33 +25,33 @@ def test_jsonl_ids_are_given_or_the_line_index(tmp_path):
 ])
 def test_bad_jsonl_names_file_line_and_fix(tmp_path, text, message):
     path = write(tmp_path, "bad.jsonl", text)
-    with pytest.raises(DataeffError) as e: read_examples(path)
+    with pytest.raises(DataeffError) as e: read_pool(path)
     assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_bigbench_target_scores_list_choices_and_pick_the_best(tmp_path):
     task = {"task_prefix": "Q: ", "description": "ignored when there is a prefix", "examples": [
         {"input": "Which is a fruit?", "target_scores": {"car": 0, "pear": 1, "rock": 0}}]}
-    [ex] = read_examples(write(tmp_path, "task.json", json.dumps(task)))
+    [ex] = read_pool(write(tmp_path, "task.json", json.dumps(task)))
     assert ex.target == "pear" and ex.instruction == "Q:" and ex.input.endswith("- car\n- pear\n- rock")
 
 
 def test_authors_lists_are_raw_prompts(tmp_path):
-    pool = read_examples(write(tmp_path, "a.json", json.dumps([{"input_text": "<s>x"}, {"input_text": "<s>y", "ground_truth": "1"}])))
+    pool = read_pool(write(tmp_path, "a.json", json.dumps([{"input_text": "<s>x"}, {"input_text": "<s>y", "ground_truth": "1"}])))
     assert [(ex.id, ex.raw, ex.target) for ex in pool] == [("0", True, None), ("1", True, "1")]
     with pytest.raises(DataeffError, match="item 1: missing 'input_text'"):
-        read_examples(write(tmp_path, "b.json", json.dumps([{"input_text": "a"}, {"ground_truth": "1"}])))
+        read_pool(write(tmp_path, "b.json", json.dumps([{"input_text": "a"}, {"ground_truth": "1"}])))
 
 
 def test_unknown_suffix_and_missing_file(tmp_path):
-    with pytest.raises(DataeffError, match="unknown pool format"): read_examples(write(tmp_path, "p.csv", "input\n"))
-    with pytest.raises(DataeffError, match="no such file"): read_examples(tmp_path/"none.jsonl")
+    with pytest.raises(DataeffError, match="unknown pool format"): read_pool(write(tmp_path, "p.txt", "input\n"))
+    with pytest.raises(DataeffError, match="no such file"): read_pool(tmp_path/"none.jsonl")
 
 
 def test_write_read_round_trip_keeps_every_field(tmp_path):
     examples = [Example("a", "x\ny", "1", "Say 1."), Example("b", "<raw>", None, None, True)]
     write_examples(tmp_path/"o.jsonl", examples)
-    assert read_examples(tmp_path/"o.jsonl") == examples
+    assert read_pool(tmp_path/"o.jsonl") == examples
 
 
 def test_exact_match_normalisation():

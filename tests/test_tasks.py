@@ -2,7 +2,7 @@ import datetime, json
 import pytest
 from dataeff.cli import main
 from dataeff.core import DataeffError
-from dataeff.data import read_examples
+from dataeff.data import read_pool
 from dataeff.tasks import TASKS, INSTRUCTIONS, make_task
 
 
@@ -48,7 +48,7 @@ def test_bad_requests():
 
 def test_cli_make_and_list(tmp_path, capsys):
     assert main(["tasks", "make", "object_counting", "--n", "7", "--seed", "2", "--out", str(tmp_path/"p.jsonl"), "--unlabelled"]) == 0
-    pool = read_examples(tmp_path/"p.jsonl")
+    pool = read_pool(tmp_path/"p.jsonl")
     assert len(pool) == 7 and all(ex.target is None for ex in pool)
     assert main(["tasks", "list"]) == 0 and "ascii_digits" in capsys.readouterr().out
     assert main(["tasks", "make", "nope", "--out", str(tmp_path/"q.jsonl")]) == 2
