@@ -93,6 +93,10 @@ def _markdown(r: EstimateReport) -> str:
               "## CoS-Low", "",
               f"CoS-Low = **{cs['coslow']:.4f}**, {level} bootstrap interval {cs['interval'][0]:.4f} to {cs['interval'][1]:.4f}: the median cosine "
               f"similarity of the LoRA gradients of the {cs['k']} least-confident of {r.n_pool} pool examples (seed {r.seed})."]
+    end = {cs["interval"][0]: ("lower", "above"), cs["interval"][1]: ("upper", "below")}.get(cs["coslow"])
+    if end: lines += ["", f"CoS-Low sits at the {end[0]} end of its interval: at least {(1 + p['level']) / 2:.1%} of the resampled medians are at or {end[1]} it "
+                      "(pairs of repeated examples share its exact value, or the cosines split into same-answer and different-answer clusters, "
+                      "see the CoS-Low notebook), so the interval is one-sided there."]
     if cs["excluded"]: lines += ["", f"Excluded ({len(cs['excluded'])}): " + ", ".join(f"`{i}`" for i in cs["excluded"])]
     lines += ["", "## Prediction", "",
               f"AUC' = c·CoS-Low + I = {p['c']} × {_signed(cs['coslow'])} + {p['intercept']} = **{p['auc']:.3f}**{_span(p['auc_interval'], lambda v: f'{v:.3f}')}; "
