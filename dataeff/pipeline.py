@@ -64,6 +64,10 @@ def _whole(b) -> str: return f"{round(b):,}"
 
 def _signed(v) -> str: return f"{v:.4f}" if v >= 0 else f"({v:.4f})"
 
+def _borrow(r) -> str:
+    "The `dataeff plan` flag that accepts the report's borrowed calibration, if it borrowed one."
+    return " --borrow-calibration" if r.calibration_note else ""
+
 def main_target(targets) -> float:
     "The target a report leads with: 0.9 if asked for, else the highest."
     return 0.9 if 0.9 in targets else max(targets)
@@ -122,7 +126,7 @@ def _markdown(r: EstimateReport) -> str:
     if r.plan is not None:
         lines += ["## Next step: the plan", "", "```", Plan(**r.plan).summary(), "```", "",
                   f"After that run, measure the model and ask again: `dataeff plan {r.out} --measured 0:ZERO_SHOT,BUDGET:ACCURACY "
-                  f"--target {r.plan['target']:g}` (`--ceiling` with the human-level score if known).", ""]
+                  f"--target {r.plan['target']:g}{_borrow(r)}` (`--ceiling` with the human-level score if known).", ""]
     return "\n".join(lines)
 
 # %% ../nbs/10_pipeline.ipynb #76b300c9
@@ -268,7 +272,7 @@ def _print_outcome(report: EstimateReport, annotations_hint: str):
     if report.plan is not None:
         print("\nfirst step of the plan (dataeff plan):")
         print(Plan(**report.plan).summary())
-        print(f"after that run: dataeff plan {report.out} --measured 0:ZERO_SHOT,BUDGET:ACCURACY --target {report.plan['target']:g}")
+        print(f"after that run: dataeff plan {report.out} --measured 0:ZERO_SHOT,BUDGET:ACCURACY --target {report.plan['target']:g}{_borrow(report)}")
 
 def _common_arguments(parser):
     parser.add_argument("--family", default="llama-3.1-8b", help="calibration: llama-3.1-8b (default), mistral-7b-v0.3, qwen2.5-14b, a saved family or FILE.json")
