@@ -58,9 +58,12 @@ def _encode(tokenizer, examples, what):
 # %% ../nbs/06a_coslow.ipynb #a27aaab2
 def compute_coslow(model, tokenizer, examples: list[Example], seed: int = 0, lora: LoraSpec = LoraSpec(), include_lora_a: bool = False,
                    grad_dtype=torch.float32, batch_size: int = 2, n_resamples: int = 1000, level: float = 0.95, scores: list[dict] | None = None,
-                   random_examples: list[Example] | None = None, baselines: bool = True, progress: bool = True) -> dict:
+                   random_examples: list[Example] | None = None, baselines: bool = True, progress: bool = True, **pool_options) -> dict:
     """CoS-Low of the labelled `examples` (normally the k least-confident) with its bootstrap interval, per-example diagnostics and baselines.
-    `scores`: confidence scores of `examples` if already known (else computed when `baselines`); `random_examples`: k labelled random pool examples for `cos_sim_k`."""
+    `scores`: confidence scores of `examples` if already known (else computed when `baselines`); `random_examples`: k labelled random pool examples for `cos_sim_k`.
+    `examples` and `random_examples` may be any pool `read_pool` reads (a file, DataFrame, Dataset, list of dicts), with its `pool_options`."""
+    examples = read_pool(examples, **pool_options)
+    if random_examples is not None: random_examples = read_pool(random_examples, **pool_options)
     timings = {}
     with timed_stage(timings, "encode"):
         kept, encoded, empty = _encode(tokenizer, examples, "labelled sample")

@@ -278,3 +278,19 @@ def test_select_writes_the_sheet_beside_the_jsonl(tmp_path, capsys):
     sheet = pd.read_csv(tmp_path/"to_annotate.csv", dtype=str, keep_default_na=False)
     assert sheet.id.tolist() == ["q0", "q1"] and sheet.answers.tolist() == ["a | b"] * 2 and (sheet.label == "").all()
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["q0", "q1"]
+
+
+def test_step_functions_take_in_memory_pools(tmp_path, tiny, task_rows):
+    "`score_pool` and `compute_coslow` read a DataFrame or a list of dicts with the same field names, to the same numbers as `Example`s."
+    from dataeff.coslow import compute_coslow
+    model, tokenizer = tiny
+    rows = task_rows[:4]
+    examples = read_pool(rows, input_field="text", target_field="label")
+    run = dict(seed=0, lora=LoraSpec(r=8, alpha=16), n_resamples=50, baselines=False, progress=False)
+    reference = compute_coslow(model, tokenizer, examples, **run)
+    for source in (pd.DataFrame(rows), rows):
+        got = compute_coslow(model, tokenizer, source, input_field="text", target_field="label", **run)
+        assert got["coslow"] == reference["coslow"] and got["interval"] == reference["interval"]
+    with pytest.raises(DataeffError, match="text"): compute_coslow(model, tokenizer, pd.DataFrame(rows), **run)  # no 'input' column: named
+    scored = score_pool(model, tokenizer, pd.DataFrame(rows), tmp_path/"s.jsonl", input_field="text", progress=False)
+    assert [s["id"] for s in scored] == [ex.id for ex in examples]
