@@ -56,14 +56,19 @@ def _encode(tokenizer, examples, what):
     return kept, encoded, excluded
 
 # %% ../nbs/06a_coslow.ipynb #a27aaab2
+def _as_examples(source, pool_options) -> list[Example]:
+    "`Example`s as they are (their labels exactly as given), anything else through `read_pool`."
+    if isinstance(source, list) and all(isinstance(ex, Example) for ex in source) and not pool_options: return source
+    return read_pool(source, **pool_options)
+
 def compute_coslow(model, tokenizer, examples: list[Example], seed: int = 0, lora: LoraSpec = LoraSpec(), include_lora_a: bool = False,
                    grad_dtype=torch.float32, batch_size: int = 2, n_resamples: int = 1000, level: float = 0.95, scores: list[dict] | None = None,
                    random_examples: list[Example] | None = None, baselines: bool = True, progress: bool = True, **pool_options) -> dict:
     """CoS-Low of the labelled `examples` (normally the k least-confident) with its bootstrap interval, per-example diagnostics and baselines.
     `scores`: confidence scores of `examples` if already known (else computed when `baselines`); `random_examples`: k labelled random pool examples for `cos_sim_k`.
     `examples` and `random_examples` may be any pool `read_pool` reads (a file, DataFrame, Dataset, list of dicts), with its `pool_options`."""
-    examples = read_pool(examples, **pool_options)
-    if random_examples is not None: random_examples = read_pool(random_examples, **pool_options)
+    examples = _as_examples(examples, pool_options)
+    if random_examples is not None: random_examples = _as_examples(random_examples, pool_options)
     timings = {}
     with timed_stage(timings, "encode"):
         kept, encoded, empty = _encode(tokenizer, examples, "labelled sample")
