@@ -24,9 +24,9 @@ setuptools.setup(
     keywords=cfg["keywords"].split(),
     classifiers=[f"License :: {lic[1]}", "Programming Language :: Python :: 3"],
     python_requires=f">={cfg['min_python']}",
-    # kernels/ holds plain Triton source; it ships inside the package as dataeff._kernels
+    # kernels/ holds plain Triton source and no __init__.py, so that `import kernels` from the repository root finds the installed
+    # distribution of that name; dataeff/_kernels is a link to it, so the kernels load as dataeff._kernels in a checkout and in the wheel
     packages=setuptools.find_packages(include=["dataeff", "dataeff.*"]) + ["dataeff._kernels"],
-    package_dir={"dataeff._kernels": "kernels"},
     package_data={"dataeff": ["budget_model.json"], "dataeff._kernels": ["README.md"]},
     include_package_data=True,
     install_requires=requirements,

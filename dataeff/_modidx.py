@@ -344,4 +344,6 @@ d = { 'settings': { 'branch': 'main',
                                'dataeff.tasks._word_sorting': ('tasks.html#_word_sorting', 'dataeff/tasks.py'),
                                'dataeff.tasks.ascii_digit': ('tasks.html#ascii_digit', 'dataeff/tasks.py'),
                                'dataeff.tasks.configure_tasks': ('tasks.html#configure_tasks', 'dataeff/tasks.py'),
-                               'dataeff.tasks.make_task': ('tasks.html#make_task', 'dataeff/tasks.py')}}}
+                               'dataeff.tasks.make_task': ('tasks.html#make_task', 'dataeff/tasks.py')},
+            'kernels.bench_pairwise_cosine': {},
+            'kernels.pairwise_gram': {}}}

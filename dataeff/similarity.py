@@ -7,7 +7,7 @@ __all__ = ['BACKENDS', 'TORCH_BLOCK_COLS', 'TORCH_SLAB_COLS', 'TINY_SQUARED_NORM
            'median_pairwise_cosine', 'gram_error_bound', 'cosine_error_bound']
 
 # %% ../nbs/05_similarity.ipynb #e696ca9b
-import importlib, math
+import importlib, math, warnings
 import numpy as np
 import torch
 from .core import DataeffError, FP64_U, gamma
@@ -63,15 +63,22 @@ def _gram_torch(chunks, work_dtype=None) -> torch.Tensor:
 
 # %% ../nbs/05_similarity.ipynb #ecf0e9bd
 def _triton_kernels():
-    "The kernel module `dataeff._kernels.pairwise_gram`, or None when Triton cannot be imported here."
+    "The kernel module `dataeff._kernels.pairwise_gram`, or None when Triton is not installed; any other import failure is raised, naming what failed."
     try: return importlib.import_module("dataeff._kernels.pairwise_gram")
-    except ImportError: return None
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "triton": return None
+        raise DataeffError(f"the Triton kernels (dataeff._kernels.pairwise_gram) failed to import: {e.__class__.__name__}: {e}; "
+                           "fix that installation, or use backend='torch'") from e
 
 def _pick_backend(chunks, backend) -> str:
     if backend not in BACKENDS:
         raise DataeffError(f"backend={backend!r} is not one of {BACKENDS}; pick one of them")
     if backend == "torch": return "torch"
-    kernels = _triton_kernels() if (backend == "triton" or chunks[0].is_cuda) else None
+    try: kernels = _triton_kernels() if (backend == "triton" or chunks[0].is_cuda) else None
+    except DataeffError as e:
+        if backend == "triton": raise
+        warnings.warn(f"{e}; using the torch path")
+        kernels = None
     usable = kernels is not None and all(c.dtype in kernels.SUPPORTED_DTYPES for c in chunks)
     if backend == "auto": return "triton" if usable else "torch"
     if kernels is None:

@@ -196,3 +196,29 @@ def test_without_triton_the_torch_path_runs():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.splitlines() == ["0.0", "backend='triton': Triton is not importable here; install triton or use backend='torch'"]
+
+
+@pytest.mark.parametrize("failure, missing_triton", [
+    (ModuleNotFoundError("No module named 'triton'", name="triton"), True),
+    (ModuleNotFoundError("No module named 'triton.language'", name="triton.language"), True),
+    (ModuleNotFoundError("No module named 'dataeff._kernels'", name="dataeff._kernels"), False),
+    (ImportError("cannot import name 'knobs' from 'triton'"), False),
+])
+def test_only_a_missing_triton_reads_as_missing(monkeypatch, failure, missing_triton):
+    "An import failure that is not Triton's absence names what failed, for backend='triton'; backend='auto' on CUDA warns and uses torch."
+    import dataeff.similarity as similarity
+    def fail(name):
+        raise failure
+    monkeypatch.setattr(similarity.importlib, "import_module", fail)
+    if missing_triton:
+        assert similarity._triton_kernels() is None
+        with pytest.raises(DataeffError, match="Triton is not importable here"):
+            _pick_backend([torch.randn(2, 3)], "triton")
+        return
+    with pytest.raises(DataeffError) as e:
+        _pick_backend([torch.randn(2, 3)], "triton")
+    assert str(failure) in str(e.value) and "not importable here" not in str(e.value)
+    cuda_like = torch.randn(2, 3)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    with pytest.warns(UserWarning, match="using the torch path"):
+        assert _pick_backend([cuda_like], "auto") == "torch"

@@ -1,1 +1,0 @@
-"""Triton kernels shipped with dataeff (installed as `dataeff._kernels`)."""
