@@ -27,7 +27,7 @@ setuptools.setup(
     # kernels/ holds plain Triton source and no __init__.py, so that `import kernels` from the repository root finds the installed
     # distribution of that name; dataeff/_kernels is a link to it, so the kernels load as dataeff._kernels in a checkout and in the wheel
     packages=setuptools.find_packages(include=["dataeff", "dataeff.*"]) + ["dataeff._kernels"],
-    package_data={"dataeff": ["budget_model.json"], "dataeff._kernels": ["README.md"]},
+    package_data={"dataeff": ["budget_model.json", "paper_release.json", "paper_coslow.json"], "dataeff._kernels": ["README.md"]},
     include_package_data=True,
     install_requires=requirements,
     extras_require={"dev": cfg.get("dev_requirements", "").split()},

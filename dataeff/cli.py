@@ -9,6 +9,7 @@ __all__ = ['COMMANDS', 'build_parser', 'main', 'console']
 import argparse, importlib, sys
 from . import __version__
 from .core import DataeffError
+from .settings import resolve_settings, settings_options, settings_parser
 
 # %% ../nbs/90_cli.ipynb #0564e26f
 COMMANDS = {  # subcommand: (module that configures it, one-line help)
@@ -33,8 +34,15 @@ def build_parser(command=None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dataeff {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help) in COMMANDS.items():
-        p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
-        if name == command: getattr(importlib.import_module(module), f"configure_{name.replace('-', '_')}")(p)
+        description = help[0].upper() + help[1:] + "."
+        if name != command:
+            sub.add_parser(name, help=help, description=description)
+            continue
+        job = importlib.import_module(module)
+        classes = getattr(job, "COMMAND_SETTINGS", {}).get(name, ())
+        p = sub.add_parser(name, help=help, description=description, parents=[settings_parser(*classes)] if classes else [])
+        getattr(job, f"configure_{name.replace('-', '_')}")(p)
+        p.set_defaults(settings_classes=classes)
     return parser
 
 # %% ../nbs/90_cli.ipynb #b79981cb
@@ -48,6 +56,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        classes = getattr(args, "settings_classes", ())
+        args.settings = resolve_settings(classes, options=settings_options(args, classes))  # each group checked before the job starts
         return args.run(args) or 0
     except DataeffError as e:
         print(f"dataeff {args.command}: error: {e}", file=sys.stderr)

@@ -6,7 +6,7 @@
 __all__ = ['GENERATION_TASKS', 'RESULT_SUFFIX', 'HUMAN_EVAL_FILE', 'METRIC_GRID', 'MIN_BUDGET', 'Results', 'read_authors_file',
            'read_score_table', 'load_human_eval', 'find_human_eval', 'load_results', 'log_budget', 'TaskCurve',
            'task_curve', 'data_efficiency_auc', 'analyse_results', 'auc_to_exponent', 'power_curve',
-           'budget_for_target', 'measured_budget_for_target', 'plot_curves', 'plot_auc_bars', 'save_figure',
+           'budget_for_target', 'measured_budget_for_target', 'measured_score', 'plot_curves', 'plot_auc_bars',
            'auc_table', 'run_auc', 'configure_auc']
 
 # %% ../nbs/01_curves.ipynb #821ed595
@@ -17,11 +17,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .core import DataeffError, atomic_write, atomic_write_json, read_json, reference_dir
+from .core import DataeffError, atomic_write_json, read_json, save_figure
 
 # %% ../nbs/01_curves.ipynb #3c97863d
 GENERATION_TASKS = frozenset({"coqa", "squad_v2", "qa_wikidata", "disfl_qa"})  # scored by token F1, not accuracy
-RESULT_SUFFIX = "_full_result_v2.json"  # the authors' per-task results file: {model}_{task}_full_result_v2.json
+RESULT_SUFFIX = "_full_result_v2.json"  # the authors' per-task results file: {prefix}_{task}_full_result_v2.json
 HUMAN_EVAL_FILE = "human_eval.json"
 
 class Results(NamedTuple):
@@ -109,32 +109,32 @@ def find_human_eval(path) -> Path | None:
     return next((p for p in (folder/HUMAN_EVAL_FILE, folder.parent/HUMAN_EVAL_FILE) if p.is_file()), None)
 
 # %% ../nbs/01_curves.ipynb #cdc7f951
-def _result_files(folder: Path, model: str | None) -> dict[str, Path]:
-    "The `{model}_{task}_full_result_v2.json` files of one model in `folder`, by task."
+def _result_files(folder: Path, prefix: str | None) -> dict[str, Path]:
+    "The `{prefix}_{task}_full_result_v2.json` files of one model in `folder`, by task."
     files = sorted(folder.glob(f"*{RESULT_SUFFIX}"))
-    models = sorted({f.name.split("_", 1)[0] for f in files})
-    if model is None:
-        if len(models) > 1: raise DataeffError(f"{folder}: results of several models ({', '.join(models)}); pick one with --model")
-        if not models: raise DataeffError(f"{folder}: no *{RESULT_SUFFIX} results files; point to the folder of the authors' results or a CSV")
-        model = models[0]
-    picked = {f.name[len(model) + 1:-len(RESULT_SUFFIX)]: f for f in files if f.name.startswith(f"{model}_")}
+    prefixes = sorted({f.name.split("_", 1)[0] for f in files})
+    if prefix is None:
+        if len(prefixes) > 1: raise DataeffError(f"{folder}: results of several models ({', '.join(prefixes)}); pick one with --curve-prefix")
+        if not prefixes: raise DataeffError(f"{folder}: no *{RESULT_SUFFIX} results files; point to the folder of the authors' results or a CSV")
+        prefix = prefixes[0]
+    picked = {f.name[len(prefix) + 1:-len(RESULT_SUFFIX)]: f for f in files if f.name.startswith(f"{prefix}_")}
     if not picked:
-        raise DataeffError(f"{folder}: no {model}_*{RESULT_SUFFIX} files; check --model (models here: {', '.join(models) or 'none'})")
+        raise DataeffError(f"{folder}: no {prefix}_*{RESULT_SUFFIX} files; check --curve-prefix (prefixes here: {', '.join(prefixes) or 'none'})")
     return picked
 
-def _task_of(path: Path, model: str | None) -> str:
+def _task_of(path: Path, prefix: str | None) -> str:
     "Task name of a single authors' results file."
     if not path.name.endswith(RESULT_SUFFIX): return path.stem
     stem = path.name[:-len(RESULT_SUFFIX)]
-    if model is not None and stem.startswith(f"{model}_"): return stem[len(model) + 1:]
+    if prefix is not None and stem.startswith(f"{prefix}_"): return stem[len(prefix) + 1:]
     return stem.split("_", 1)[-1]
 
 # %% ../nbs/01_curves.ipynb #5fb171b3
-def load_results(path, model: str | None = None, human_eval=None) -> Results:
+def load_results(path, curve_prefix: str | None = None, human_eval=None) -> Results:
     "Load measured curves from an authors' results file or folder, or a CSV/JSON table; `human_eval` defaults to the one beside them."
     path = Path(path)
     if path.is_dir():
-        files = _result_files(path, model)
+        files = _result_files(path, curve_prefix)
         scores = {task: read_authors_file(f, task) for task, f in files.items()}
         source = dict(files)
     elif not path.exists():
@@ -143,7 +143,7 @@ def load_results(path, model: str | None = None, human_eval=None) -> Results:
         scores = read_score_table(path)
         source = {task: path for task in scores}
     else:
-        task = _task_of(path, model)
+        task = _task_of(path, curve_prefix)
         scores, source = {task: read_authors_file(path, task)}, {task: path}
     human_file = Path(human_eval) if human_eval is not None else find_human_eval(path)
     known = load_human_eval(human_file, scores) if human_file is not None else {}
@@ -211,9 +211,9 @@ def data_efficiency_auc(scores: dict[int, float], human: float | None = None, ma
     return task_curve("curve", scores, human, max_budget).auc
 
 # %% ../nbs/01_curves.ipynb #660c166d
-def analyse_results(path, model: str | None = None, human_eval=None, max_budget: int = 5000) -> dict[str, TaskCurve]:
+def analyse_results(path, curve_prefix: str | None = None, human_eval=None, max_budget: int = 5000) -> dict[str, TaskCurve]:
     "Load results (see `load_results`) and compute every task's cleaned curve and AUC."
-    res = load_results(path, model, human_eval)
+    res = load_results(path, curve_prefix, human_eval)
     return {task: task_curve(task, s, res.human[task], max_budget, res.source[task]) for task, s in res.scores.items()}
 
 # %% ../nbs/01_curves.ipynb #1c209dd4
@@ -252,6 +252,12 @@ def measured_budget_for_target(budgets, normalised_scores, target):
     at = np.where((first == 0) | (y[first] == t), np.asarray(budgets, dtype=np.float64)[first], at)  # exact hits stay exact
     at = np.where(reached.any(-1), at, np.inf)
     return float(at) if at.ndim == 0 else at
+
+# %% ../nbs/01_curves.ipynb #f8cdd7c9
+def measured_score(curve: TaskCurve, n: float) -> float:
+    "The task's normalised measured score at budget `n`, interpolated linearly in log2 budget (budget 0 at log2 1 = 0): the inverse of `measured_budget_for_target`."
+    logs = np.log2(np.maximum(curve.budgets.astype(np.float64), 1))
+    return float(np.interp(math.log2(max(n, 1)), logs, curve.normalised))
 
 # %% ../nbs/01_curves.ipynb #50189648
 _TICKS = {0: "0", 50: "50", 500: "500", 5000: "5k"}
@@ -294,16 +300,6 @@ def plot_auc_bars(curves: dict[str, TaskCurve], height: float = 0.18):
     fig.tight_layout()
     return fig
 
-def save_figure(fig, path, dpi: int = 80):
-    "Write `fig` to `path` atomically, in the format its suffix names (png, pdf, svg, ...)."
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in fig.canvas.get_supported_filetypes():
-        raise DataeffError(f"{path}: cannot write a figure as {fmt or 'no suffix'!r}; use .png, .pdf or .svg")
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
-    return atomic_write(path, buf.getvalue())
-
 # %% ../nbs/01_curves.ipynb #0a7aa525
 def auc_table(curves: dict[str, TaskCurve]) -> str:
     "Text table of the curves, highest AUC first: task, zero-shot, best, ceiling, AUC."
@@ -317,7 +313,7 @@ def auc_table(curves: dict[str, TaskCurve]) -> str:
 def run_auc(args) -> int:
     "Run `dataeff auc`: print the table, write --json and --plot."
     res_human = Path(args.human_eval) if args.human_eval else find_human_eval(args.results)
-    curves = analyse_results(args.results, args.model, res_human, args.max_budget)
+    curves = analyse_results(args.results, args.curve_prefix, res_human, args.max_budget)
     print(auc_table(curves))
     print(f"ceilings: {'human-level scores from ' + str(res_human) if res_human else 'best score per task (no human_eval.json found)'}")
     if args.json:
@@ -334,8 +330,8 @@ def run_auc(args) -> int:
 
 def configure_auc(parser):
     "Arguments of `dataeff auc`."
-    parser.add_argument("results", metavar="RESULTS", help=f"authors' results file, folder of {{model}}_{{task}}{RESULT_SUFFIX} files, or CSV/JSON of task,budget,score")
-    parser.add_argument("--model", metavar="PREFIX", help="model prefix of the files in a results folder (e.g. llama)")
+    parser.add_argument("results", metavar="RESULTS", help=f"authors' results file, folder of {{prefix}}_{{task}}{RESULT_SUFFIX} files, or CSV/JSON of task,budget,score")
+    parser.add_argument("--curve-prefix", metavar="PREFIX", help=f"the first part of the file names in a results folder, {{prefix}}_{{task}}{RESULT_SUFFIX} (e.g. llama)")
     parser.add_argument("--human-eval", metavar="FILE", help="human-level ceilings {task: {\"score\": x}} (default: human_eval.json beside RESULTS)")
     parser.add_argument("--max-budget", type=int, default=5000, metavar="N", help="largest budget of the metric (default 5000)")
     parser.add_argument("--json", metavar="OUT", help="write {task: {auc, min_acc, max_acc, ceiling}} here")

@@ -1,12 +1,13 @@
 import math
 import numpy as np, pytest
-from dataeff.budgets import BudgetModel, default_budget_model, fit_budget_model, reference_curves, BUDGET_TARGETS
+from dataeff.budgets import BudgetModel, default_budget_model, fit_budget_model, BUDGET_TARGETS
 from dataeff.core import DataeffError
 from dataeff.curves import task_curve
+from dataeff.paper import paper_curves_by_family
 
 
 def test_shipped_model_is_the_fit_on_all_released_curves(reference):
-    fit = fit_budget_model(reference_curves(reference/"results"/"finetune_results"))
+    fit = fit_budget_model(paper_curves_by_family(reference))
     shipped = default_budget_model()
     np.testing.assert_allclose(shipped.alpha, fit.alpha, rtol=0, atol=1e-12)  # float64 least squares on 100 curves, JSON round trip exact: far below 1e-12
     np.testing.assert_allclose(shipped.beta, fit.beta, rtol=0, atol=1e-12)  # float64 least squares on 100 curves, JSON round trip exact: far below 1e-12

@@ -2,8 +2,10 @@ import json, math
 import numpy as np, pandas as pd, pytest
 from dataeff.cli import main
 from dataeff.core import DataeffError
-from dataeff.calibrate import (CALIBRATIONS, Calibration, facts_coslow, fit_calibration, load_calibration, read_table,
+from dataeff.calibrate import (CALIBRATIONS, Calibration, fit_calibration, load_calibration, read_table,
                                save_calibration, saved_calibrations_dir)
+from dataeff.coslow import CoslowReport
+from dataeff.paper import PAPER_FAMILIES, paper_coslow
 
 
 @pytest.fixture(autouse=True)
@@ -108,11 +110,13 @@ def test_cli_bad_table_exits_2(tmp_path, capsys):
 
 def test_cli_results_folder_with_coslow_reports(reference, tmp_path):
     ref = reference
-    coslow = facts_coslow()
+    coslow = paper_coslow()["coslow"]
     reports = tmp_path/"reports"; reports.mkdir()
-    for task in list(coslow)[:8]: (reports/f"{task}.json").write_text(json.dumps(dict(coslow=coslow[task], task=task)))
+    for task in list(coslow)[:8]:  # a CoS-Low report as dataeff coslow writes it, holding the paper's value
+        report = CoslowReport(coslow=coslow[task], interval=[coslow[task]] * 2, level=0.95, k=64, seed=0, model=PAPER_FAMILIES["llama"])
+        (reports/f"{task}.json").write_text(json.dumps(report.to_dict()))
     out = tmp_path/"c.json"
-    assert main(["calibrate", str(ref/"results"/"finetune_results"), "--reports", str(reports), "--model", "llama",
+    assert main(["calibrate", str(ref/"results"/"finetune_results"), "--reports", str(reports), "--curve-prefix", "llama",
                  "--family", "part", "--out", str(out), "--n-boot", "100"]) == 0
     cal = load_calibration(out)
     auc_res = json.loads((ref/"results"/"auc_res"/"llama_auc_logscale_by_task_5000.json").read_text())
@@ -122,7 +126,7 @@ def test_cli_results_folder_with_coslow_reports(reference, tmp_path):
 
 def test_paper_headline_error_from_its_own_numbers(reference):
     ref = reference
-    coslow = facts_coslow()
+    coslow = paper_coslow()["coslow"]
     assert len(coslow) == 24
     auc_res = json.loads((ref/"results"/"auc_res"/"llama_auc_logscale_by_task_5000.json").read_text())
     cal = fit_calibration(dict(task=list(coslow), coslow=list(coslow.values()), auc=[auc_res[t]["extrapolation_auc"] for t in coslow]), "llama")

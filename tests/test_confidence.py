@@ -2,7 +2,8 @@ import json, math, os
 import pytest
 import torch
 from dataeff.cli import main
-from dataeff.confidence import read_scores, score_examples, score_pool, select_low_confidence
+from dataeff.confidence import (MIN_POOL_PER_K, SampleSettings, random_labelled_sample, read_scores, score_examples, score_pool,
+                                select_low_confidence, select_sample)
 from dataeff.core import DataeffError
 from dataeff.data import Example, read_annotations, read_pool, write_examples
 from dataeff.models import fp32_rounding_bound, render_prompt
@@ -70,11 +71,11 @@ def test_over_long_prompt_is_an_error_before_any_work(tiny, tmp_path):
 def test_score_pool_resumes_and_refuses_foreign_files(tiny, pool, tmp_path, monkeypatch):
     model, tok = tiny
     out = tmp_path/"scores.jsonl"
-    first = score_pool(model, tok, pool[:5], out, batch_size=2, max_new_tokens=6, progress=False)
+    first = score_pool(model, tok, pool[:5], out, score_batch_size=2, max_new_tokens=6, progress=False)
     import dataeff.confidence as confidence
     seen, real = [], confidence.score_examples
     monkeypatch.setattr(confidence, "score_examples", lambda m, t, exs, *a, **k: seen.extend(e.id for e in exs) or real(m, t, exs, *a, **k))
-    full = score_pool(model, tok, pool, out, batch_size=2, max_new_tokens=6, progress=False)
+    full = score_pool(model, tok, pool, out, score_batch_size=2, max_new_tokens=6, progress=False)
     assert set(seen) == {ex.id for ex in pool[5:]} and full[:5] == first
     assert [s["id"] for s in read_scores(out)] == [ex.id for ex in pool] and all(s["model"] == "tiny-llama-seed0" for s in full)
     with pytest.raises(DataeffError, match="not in the pool"): score_pool(model, tok, pool[:3], out, progress=False)
@@ -104,10 +105,15 @@ def test_cli_select_and_annotation_round_trip(tmp_path, capsys):
     assert main(["select", str(tmp_path/"s.jsonl"), "--pool", str(tmp_path/"pool.jsonl"), "--k", "5", "--out", str(out)]) == 0
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     assert [l["id"] for l in lines] == ["e0", "e1", "e2", "e3", "e4"] and [l["target"] for l in lines] == ["0", "", "2", "", "4"]
-    assert "fill in the other 2 targets" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"next: label the target of each line of {out}, or the label column of {tmp_path/'to_annotate.csv'}" in printed
+    assert (tmp_path/"to_annotate.csv").read_text().splitlines()[0] == "id,input,label"
     with pytest.raises(DataeffError, match="empty target"): read_annotations(out, read_pool(tmp_path/"pool.jsonl"))
     assert main(["select", str(tmp_path/"s.jsonl"), "--pool", str(tmp_path/"pool.jsonl"), "--k", "6", "--out", str(tmp_path/"x.jsonl")]) == 2
     assert "at least 60" in capsys.readouterr().err and not (tmp_path/"x.jsonl").exists()
+    assert main(["select", str(tmp_path/"s.jsonl"), "--pool", str(tmp_path/"pool.jsonl"), "--k", "1", "--out", str(tmp_path/"x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "--k 1: CoS-Low compares pairs" in err and err.count("\n") == 1 and not (tmp_path/"x.jsonl").exists()
 
 
 @pytest.mark.parametrize("text, message", [("", "no examples"), ('{"input": "a"}\nnope\n', "line 2: not valid JSON"),
@@ -119,6 +125,34 @@ def test_cli_score_rejects_bad_pools_before_loading_a_model(tmp_path, capsys, te
     assert message in err and err.count("\n") == 1 and not (tmp_path/"pool.scores.jsonl").exists()
 
 
+def test_select_sample_refuses_scores_of_another_pool():
+    pool = [Example(f"e{i:02d}", f"question {i}", str(i) if i % 3 else None) for i in range(40)]
+    scores = [dict(id=ex.id, avg_confidence=i / 40, ppl=1.0) for i, ex in enumerate(pool)]
+    picked = select_sample(pool, scores, k=4, seed=0)
+    assert [ex.id for ex in picked.examples] == select_low_confidence(scores, k=4, seed=0) == [s["id"] for s in picked.scores]
+    assert picked.n_scored == 40 and [ex.id for ex in picked.unlabelled] == [ex.id for ex in picked.examples if ex.target is None]
+    assert picked.random == random_labelled_sample(pool, 4, 0) and all(ex.target is not None for ex in picked.random)
+    labelled = Example(picked.unlabelled[0].id, picked.unlabelled[0].input, "yes")
+    assert labelled in select_sample(pool, scores, SampleSettings(k=4), annotations=[labelled]).examples  # annotations come first
+    with pytest.raises(DataeffError, match="the scores hold id 'x', which is not in the pool"):
+        select_sample(pool, scores + [dict(id="x", avg_confidence=0.0, ppl=1.0)], k=4)
+    with pytest.raises(DataeffError, match="1 examples of the pool are not scored yet"): select_sample(pool, scores[1:], k=4)
+    with pytest.raises(DataeffError, match=f"at least {MIN_POOL_PER_K * 5} examples"): select_sample(pool, scores, k=5)
+    with pytest.raises(DataeffError, match="--k 1: CoS-Low compares pairs"): select_sample(pool, scores, k=1)
+
+
+def test_cli_score_takes_device_auto_and_refuses_an_unknown_device(tiny, tmp_path, capsys):
+    model, tok = tiny
+    model.save_pretrained(tmp_path/"tiny"); tok.save_pretrained(tmp_path/"tiny")
+    write_examples(tmp_path/"pool.jsonl", make_task("boolean_expressions", 3, seed=0))
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(["score", str(tmp_path/"pool.jsonl"), "--model", str(tmp_path/"tiny"), "--device", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--device 'nope': not a torch device" in err and err.count("\n") == 1 and not (tmp_path/"pool.scores.jsonl").exists()
+    assert main(["score", str(tmp_path/"pool.jsonl"), "--model", str(tmp_path/"tiny"), "--device", "auto", "--max-new-tokens", "4"]) == 0
+    assert [s["id"] for s in read_scores(tmp_path/"pool.scores.jsonl")] == [ex.id for ex in make_task("boolean_expressions", 3, seed=0)]
+
+
 def test_cli_score_unreachable_model(tmp_path, capsys):
     write_examples(tmp_path/"pool.jsonl", [Example("a", "x")])
     assert main(["score", str(tmp_path/"pool.jsonl"), "--model", str(tmp_path/"no-model")]) == 2
@@ -128,7 +162,7 @@ def test_cli_score_unreachable_model(tmp_path, capsys):
 def test_default_model_end_to_end(tmp_path, capsys):
     "Integration: SmolLM2-135M-Instruct scores a 40-example unlabelled pool through the CLI, then 4 least-confident examples are selected."
     assert main(["tasks", "make", "boolean_expressions", "--n", "40", "--seed", "0", "--out", str(tmp_path/"pool.jsonl"), "--unlabelled"]) == 0
-    assert main(["score", str(tmp_path/"pool.jsonl"), "--batch-size", "20", "--max-new-tokens", "8"]) == 0
+    assert main(["score", str(tmp_path/"pool.jsonl"), "--score-batch-size", "20", "--max-new-tokens", "8"]) == 0
     scores = read_scores(tmp_path/"pool.scores.jsonl")
     assert len(scores) == 40 and all(s["model"] == "smollm2-135m" and 0 < s["avg_confidence"] <= 1 for s in scores)
     assert sum(s["answer"].lower().startswith(("true", "false")) for s in scores) >= 30  # a real instruct model answers the task

@@ -1,17 +1,19 @@
-import json, os, subprocess, sys
+import dataclasses, json, os, subprocess, sys
 import numpy as np
 import pytest
 import torch
-from dataeff.core import FP64_U, DataeffError, gamma, reference_dir
+from dataeff.core import FP64_U, DataeffError, gamma
 from dataeff.data import Example, read_pool, write_examples
 from dataeff.models import tiny_model, encode_example
 from dataeff.tasks import make_task
 from dataeff.gradients import LoraSpec, lora_adapter, per_example_gradients
-from dataeff.coslow import compute_coslow, bootstrap_interval, median_upper_pairs
+from dataeff.coslow import CoslowBaselines, CoslowReport, compute_coslow, bootstrap_interval, median_upper_pairs, read_coslow_report
 from dataeff.cli import main
 from dataeff.similarity import cosine_error_bound
+from conftest import reference_data
 
 SPEC = LoraSpec(r=8, alpha=16)
+LORA = dict(lora_r=8, lora_alpha=16)  # SPEC as compute_coslow's options
 KEYS = ("coslow", "interval", "k", "excluded", "seed", "model", "dtype", "lora", "cosine_matrix", "ids", "losses", "grad_norms",
         "answer_tokens", "baselines", "timings")
 
@@ -33,7 +35,7 @@ def cosine_tol(grads):
 
 
 def without_timings(report):
-    return {k: v for k, v in report.items() if k != "timings"}
+    return {k: v for k, v in report.to_dict().items() if k != "timings"}
 
 
 def test_bootstrap_matches_a_direct_loop_and_drops_self_pairs():
@@ -92,21 +94,22 @@ def test_bad_interval_arguments():
 def test_report_is_complete_deterministic_and_matches_float64(tiny):
     model, tok = tiny
     sample, pool = make_task("web_of_lies", 6, seed=0), make_task("web_of_lies", 30, seed=1)
-    report = compute_coslow(model, tok, sample, seed=3, lora=SPEC, random_examples=pool[:6], n_resamples=300, progress=False)
-    for key in KEYS: assert key in report
-    assert report["k"] == 6 and report["excluded"] == [] and report["ids"] == [ex.id for ex in sample]
-    assert set(report["baselines"]) == {"cos_sim_k", "grad_norm_k", "conf_avg_k", "zero_shot_accuracy"}
-    assert all(isinstance(v, float) for v in report["baselines"].values())
-    assert report["baselines"]["grad_norm_k"] == pytest.approx(np.mean(report["grad_norms"]))  # float64 mean of the same k values: a few ulps
-    assert report["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "targets": list(SPEC.targets), "include_lora_a": False}
-    assert {"confidence", "gradients", "random_gradients", "cosine", "bootstrap"} <= set(report["timings"])
-    again = compute_coslow(model, tok, sample, seed=3, lora=SPEC, random_examples=pool[:6], n_resamples=300, progress=False)
+    report = compute_coslow(model, tok, sample, seed=3, **LORA, random_examples=pool[:6], resamples=300, progress=False)
+    for key in KEYS: assert key in report.to_dict()
+    assert report.k == 6 and report.excluded == [] and report.ids == [ex.id for ex in sample]
+    baselines = dataclasses.asdict(report.baselines)
+    assert set(baselines) == {"cos_sim_k", "grad_norm_k", "conf_avg_k", "zero_shot_accuracy"}
+    assert all(isinstance(v, float) for v in baselines.values())
+    assert report.baselines.grad_norm_k == pytest.approx(np.mean(report.grad_norms))  # float64 mean of the same k values: a few ulps
+    assert report.lora == {"r": 8, "alpha": 16, "dropout": 0.05, "targets": list(SPEC.targets), "include_lora_a": False}
+    assert {"confidence", "gradients", "random_gradients", "cosine", "bootstrap"} <= set(report.timings)
+    again = compute_coslow(model, tok, sample, seed=3, **LORA, random_examples=pool[:6], resamples=300, progress=False)
     assert json.dumps(without_timings(again)) == json.dumps(without_timings(report))  # bit-identical
     with lora_adapter(model, SPEC, seed=3) as peft_model:
         grads = per_example_gradients(peft_model, [encode_example(tok, ex) for ex in sample], [ex.id for ex in sample], progress=False)
-    assert np.abs(np.array(report["cosine_matrix"]) - float64_cosines(grads.chunks)).max() <= cosine_tol(grads)
-    other_seed = compute_coslow(model, tok, sample, seed=4, lora=SPEC, baselines=False, progress=False)
-    assert other_seed["coslow"] != report["coslow"]  # the seed reaches the LoRA init
+    assert np.abs(np.array(report.cosine_matrix) - float64_cosines(grads.chunks)).max() <= cosine_tol(grads)
+    other_seed = compute_coslow(model, tok, sample, seed=4, **LORA, baselines=False, progress=False)
+    assert other_seed.coslow != report.coslow  # the seed reaches the LoRA init
 
 
 def test_zero_shot_accuracy_and_confidence_from_given_scores(tiny):
@@ -114,20 +117,44 @@ def test_zero_shot_accuracy_and_confidence_from_given_scores(tiny):
     sample = [Example("a", "2 + 2 =", "4"), Example("b", "3 + 3 =", "6"), Example("c", "1 + 1 =", "2")]
     scores = [dict(id="a", avg_confidence=0.2, ppl=3.0, answer="4."), dict(id="b", avg_confidence=0.4, ppl=2.0, answer=" 7"),
               dict(id="c", avg_confidence=0.6, ppl=1.5, answer="2")]
-    report = compute_coslow(model, tok, sample, lora=SPEC, scores=scores, progress=False)
-    assert report["baselines"]["zero_shot_accuracy"] == pytest.approx(2 / 3)
-    assert report["baselines"]["conf_avg_k"] == pytest.approx(0.4)
-    assert report["baselines"]["cos_sim_k"] is None
+    report = compute_coslow(model, tok, sample, **LORA, scores=scores, progress=False)
+    assert report.baselines.zero_shot_accuracy == pytest.approx(2 / 3)
+    assert report.baselines.conf_avg_k == pytest.approx(0.4)
+    assert report.baselines.cos_sim_k is None
 
 
 def test_bad_inputs(tiny):
     model, tok = tiny
     with pytest.raises(DataeffError, match="'b' has no target"):
-        compute_coslow(model, tok, [Example("a", "x", "1"), Example("b", "y")], lora=SPEC, progress=False)
+        compute_coslow(model, tok, [Example("a", "x", "1"), Example("b", "y")], **LORA, progress=False)
     with pytest.raises(DataeffError, match="only 1 of 2 examples are usable"):
-        compute_coslow(model, tok, [Example("a", "x", "1"), Example("b", "y", "")], lora=SPEC, baselines=False, progress=False)
+        compute_coslow(model, tok, [Example("a", "x", "1"), Example("b", "y", "")], **LORA, baselines=False, progress=False)
     with pytest.raises(DataeffError, match="c_attn"):
-        compute_coslow(model, tok, make_task("web_of_lies", 3), lora=LoraSpec(targets=("c_attn",)), baselines=False, progress=False)
+        compute_coslow(model, tok, make_task("web_of_lies", 3), lora_targets="c_attn", baselines=False, progress=False)
+
+
+def test_read_coslow_report_takes_a_coslow_file_or_an_estimate_folder_and_refuses_anything_else(tiny, tmp_path):
+    model, tok = tiny
+    report = compute_coslow(model, tok, make_task("web_of_lies", 4, seed=0), **LORA, baselines=False, resamples=50, progress=False)
+    (tmp_path / "r.json").write_text(json.dumps(report.to_dict()))
+    back = read_coslow_report(tmp_path / "r.json")
+    assert back == report == CoslowReport.from_dict(report.to_dict()) and isinstance(back.baselines, CoslowBaselines)
+    done = tmp_path / "estimate"  # a complete estimate folder holds coslow.json beside report.json
+    done.mkdir()
+    (done / "coslow.json").write_text(json.dumps(report.to_dict()))
+    (done / "report.json").write_text(json.dumps({"status": "complete"}))
+    assert read_coslow_report(done) == report == read_coslow_report(done / "report.json")
+    waiting = tmp_path / "waiting"
+    waiting.mkdir()
+    (waiting / "report.json").write_text(json.dumps({"status": "needs_annotations", "coslow": None}))
+    with pytest.raises(DataeffError, match="no CoS-Low here"): read_coslow_report(waiting)
+    (tmp_path / "bad.json").write_text(json.dumps({**report.to_dict(), "coslow": 1.5}))
+    with pytest.raises(DataeffError, match="bad.json: not a CoS-Low report"): read_coslow_report(tmp_path / "bad.json")
+    (tmp_path / "scores.json").write_text(json.dumps([{"id": "a", "avg_confidence": 0.5}]))
+    with pytest.raises(DataeffError, match="scores.json: not a CoS-Low report"): read_coslow_report(tmp_path / "scores.json")
+    (tmp_path / "broken.json").write_text("{oops")
+    with pytest.raises(DataeffError, match="not valid JSON"): read_coslow_report(tmp_path / "broken.json")
+    with pytest.raises(DataeffError, match="no such CoS-Low report"): read_coslow_report(tmp_path / "missing.json")
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +226,7 @@ REFERENCE = "results/coslow_data/low_conf_examples_annotated.json"
 
 @pytest.fixture(scope="module")
 def circa():
-    ref = reference_dir()
+    ref = reference_data()
     if ref is None or not (ref / REFERENCE).is_file():
         if os.environ.get("CI"): pytest.fail("reference data missing in CI: shared/reference/paper-results is needed")
         pytest.skip("reference data not available")
@@ -212,13 +239,13 @@ def test_reference_circa_deterministic_and_float64_exact(circa):
     model, tok, examples = circa
     assert len(examples) == 32 and all(ex.raw and ex.target is not None for ex in examples)
     report = compute_coslow(model, tok, examples, seed=0, baselines=False, progress=False)
-    assert report["k"] == 32 and report["excluded"] == [] and report["model"] == "smollm2-135m"
+    assert report.k == 32 and report.excluded == [] and report.model == "smollm2-135m"
     # second, independent run of the gradient step: the same numbers, bit for bit; its stored gradients give the same cosines in float64
     with lora_adapter(model, LoraSpec(), seed=0) as peft_model:
         grads = per_example_gradients(peft_model, [encode_example(tok, ex) for ex in examples], [ex.id for ex in examples], progress=False)
-    assert grads.losses == report["losses"] and grads.grad_norms == report["grad_norms"] and grads.ids == report["ids"]
+    assert grads.losses == report.losses and grads.grad_norms == report.grad_norms and grads.ids == report.ids
     from dataeff.similarity import pairwise_cosine
-    assert pairwise_cosine(grads.chunks).numpy().tolist() == report["cosine_matrix"]
-    assert np.abs(np.array(report["cosine_matrix"]) - float64_cosines(grads.chunks)).max() <= cosine_tol(grads)
-    assert report["interval"][0] <= report["coslow"] <= report["interval"][1]
+    assert pairwise_cosine(grads.chunks).numpy().tolist() == report.cosine_matrix
+    assert np.abs(np.array(report.cosine_matrix) - float64_cosines(grads.chunks)).max() <= cosine_tol(grads)
+    assert report.interval[0] <= report.coslow <= report.interval[1]
     assert grads.dim == 30 * 64 * (576 + 192 + 192 + 576 + 1536 + 1536 + 576)  # lora_B of q/k/v/o/gate/up/down, 30 layers

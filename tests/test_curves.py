@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from dataeff.cli import main
-from dataeff.core import read_json, reference_dir
+from dataeff.core import read_json
 from dataeff.curves import (analyse_results, budget_for_target, data_efficiency_auc, load_results,
                             measured_budget_for_target, power_curve, log_budget, auc_to_exponent)
 
+from conftest import reference_data
+
 MODELS = ("llama", "mistral", "qwen")
-REFERENCE = reference_dir()
+REFERENCE = reference_data()
 
 
 def _published(model):
@@ -27,14 +29,14 @@ def _pairs():
 def reference():
     "The authors' data folder; missing fails under CI and skips elsewhere."
     if REFERENCE is None:
-        if os.environ.get("CI"): pytest.fail("reference data (shared/reference/paper-results) missing; set DATAEFF_REFERENCE")
+        if os.environ.get("CI"): pytest.fail("reference data (shared/reference/paper-results) missing; set DATAEFF_PAPER_DATA")
         pytest.skip("reference data not present")
     return REFERENCE
 
 
 @lru_cache
 def _analysed(model):
-    return analyse_results(REFERENCE/"results"/"finetune_results", model=model)
+    return analyse_results(REFERENCE/"results"/"finetune_results", curve_prefix=model)
 
 
 def test_all_100_published_pairs_are_tested(reference):
@@ -53,7 +55,7 @@ def test_reproduces_published_auc(reference, model, task):
 @pytest.mark.parametrize("model", MODELS)
 def test_cli_json_matches_published(reference, model, tmp_path, capsys):
     out = tmp_path/"auc.json"
-    assert main(["auc", str(reference/"results"/"finetune_results"), "--model", model, "--json", str(out)]) == 0
+    assert main(["auc", str(reference/"results"/"finetune_results"), "--curve-prefix", model, "--json", str(out)]) == 0
     table = capsys.readouterr().out
     written = json.loads(out.read_text())
     for task, ref in _published(model).items():
@@ -66,7 +68,7 @@ def test_cli_json_matches_published(reference, model, tmp_path, capsys):
 
 def test_cli_plot_writes_figure(reference, tmp_path, capsys):
     out = tmp_path/"fig.png"
-    assert main(["auc", str(reference/"results"/"finetune_results"), "--model", "qwen", "--plot", str(out)]) == 0
+    assert main(["auc", str(reference/"results"/"finetune_results"), "--curve-prefix", "qwen", "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
 
@@ -165,12 +167,12 @@ def test_ceiling_not_above_zero_shot(tmp_path, capsys):
 
 def test_folder_without_files_for_model(tmp_path, capsys):
     _write(tmp_path/"llama_sst2_full_result_v2.json", {"0": {"accuracy": 0.5}, "100": {"accuracy": 0.9}})
-    _fails(capsys, [str(tmp_path), "--model", "qwen"], str(tmp_path), "no qwen_*", "models here: llama")
+    _fails(capsys, [str(tmp_path), "--curve-prefix", "qwen"], str(tmp_path), "no qwen_*", "prefixes here: llama")
 
 
 def test_folder_with_several_models_needs_model(tmp_path, capsys):
     for m in ("llama", "qwen"): _write(tmp_path/f"{m}_sst2_full_result_v2.json", {"0": {"accuracy": 0.5}, "100": {"accuracy": 0.9}})
-    _fails(capsys, [str(tmp_path)], "several models", "--model")
+    _fails(capsys, [str(tmp_path)], "several models", "--curve-prefix")
 
 
 def test_bad_human_eval_score(tmp_path, capsys):

@@ -1,7 +1,8 @@
 import json
 import pytest
 from dataeff.core import DataeffError
-from dataeff.data import Example, read_pool, write_examples, exact_match, normalise_answer, write_to_annotate, read_annotations
+from dataeff.data import (Example, read_pool, write_examples, exact_match, normalise_answer, write_to_annotate, read_annotations,
+                          annotation_instructions)
 
 
 def write(tmp_path, name, text):
@@ -61,8 +62,12 @@ def test_exact_match_normalisation():
 
 def test_annotation_round_trip(tmp_path):
     pool = [Example("a", "in a", instruction="I"), Example("b", "in b")]
-    write_to_annotate(tmp_path/"t.jsonl", pool)
+    assert write_to_annotate(tmp_path/"t.jsonl", pool) == (tmp_path/"t.jsonl", tmp_path/"t.csv")  # the sheet beside the JSONL
     assert [json.loads(l)["target"] for l in (tmp_path/"t.jsonl").read_text().splitlines()] == ["", ""]
+    assert (tmp_path/"t.csv").read_text().splitlines()[0] == "id,input,label"
+    said = annotation_instructions(tmp_path/"t.jsonl", tmp_path/"t.csv")
+    assert str(tmp_path/"t.jsonl") in said and str(tmp_path/"t.csv") in said and "--annotations" in said
+    assert write_to_annotate(tmp_path/"s.csv", pool) == (tmp_path/"s.jsonl", tmp_path/"s.csv")  # a sheet path: the JSONL beside it
     with pytest.raises(DataeffError, match="'a' has an empty target"): read_annotations(tmp_path/"t.jsonl", pool)
     write_to_annotate(tmp_path/"t.jsonl", [Example("b", "in b", "known")])
     assert read_annotations(tmp_path/"t.jsonl", pool) == [Example("b", "in b", "known")]

@@ -165,3 +165,18 @@ def test_two_processes_measure_the_same_curve_as_one(tmp_path):
     assert two["50"]["val_loss"] == pytest.approx(one["50"]["val_loss"], rel=fp32_rounding_bound(model.config, passes=2 * 6 + 1))
     assert two["50"]["initial_val_loss"] == pytest.approx(one["50"]["initial_val_loss"], rel=fp32_rounding_bound(model.config))
     assert two["50"]["val_loss"] < 0.9 * two["50"]["initial_val_loss"]
+
+
+def test_settings_are_checked_when_made_and_taken_positionally_or_as_keywords(tiny, tmp_path):
+    "`CurveSettings` checks itself when made; `run_curve` takes it positionally, or its fields as keywords, to the same measured point."
+    from dataeff.core import DataeffError
+    from dataeff.finetune import run_curve
+    with pytest.raises(DataeffError, match="--max-steps 0: must be a whole number of at least 1"): CurveSettings(max_steps=0)
+    with pytest.raises(DataeffError, match="--lora-alpha 0.0: LoRA alpha must be positive"): CurveSettings(lora_alpha=0.0)
+    assert isinstance(CurveSettings().lora_alpha, float)
+    settings = CurveSettings(eval_size=4, eval_batch_size=4, max_new_tokens=2)
+    given = run_curve(TASK, tiny, [0], tmp_path/"given.json", settings, progress=False)  # budget 0: the zero-shot point, no training
+    assert list(given) == ["0"] and given["0"]["n_test"] == 4 and json.loads((tmp_path/"given.json").read_text()) == given
+    flat = run_curve(TASK, tiny, [0], tmp_path/"flat.json", eval_size=4, eval_batch_size=4, max_new_tokens=2, progress=False)
+    assert flat["0"]["fingerprint"] == given["0"]["fingerprint"] and flat["0"]["accuracy"] == given["0"]["accuracy"]
+    with pytest.raises(TypeError, match="'settings'"): run_curve(TASK, tiny, [0], tmp_path/"x.json", settings=settings)

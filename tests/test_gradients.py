@@ -2,8 +2,8 @@ import math
 import pytest
 import torch
 from dataeff.core import FP64_U, DataeffError, gamma
-from dataeff.models import fp32_rounding_bound, tiny_model
-from dataeff.gradients import (MIN_SHARED_PREFIX, LoraSpec, add_lora, check_dtype, linear_layer_names, lora_adapter, lora_tensors,
+from dataeff.models import check_dtype, fp32_rounding_bound, tiny_model
+from dataeff.gradients import (MIN_SHARED_PREFIX, LoraSpec, add_lora, linear_layer_names, lora_adapter, lora_tensors,
                                per_example_gradients)
 
 SPEC = LoraSpec(r=8, alpha=16, dropout=0.05)

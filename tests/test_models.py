@@ -3,7 +3,8 @@ import pytest
 import torch
 from dataeff.core import DataeffError
 from dataeff.data import Example
-from dataeff.models import encode_example, render_prompt, load_model, model_id, tiny_model
+from dataeff.models import (DTYPES, ModelSettings, check_dtype, encode_example, render_prompt, load_model, model_id, resolve_device,
+                            tiny_model)
 
 
 def test_answer_span_is_the_target_and_excludes_end_of_turn(tiny):
@@ -76,3 +77,25 @@ def test_a_conversion_that_loses_the_race_keeps_the_winners_folder(tmp_path):
     stray = tmp_path/".stray.tmp"
     stray.mkdir()
     with pytest.raises(OSError): _publish_folder(stray, broken)
+
+
+def test_device_auto_is_the_gpu_when_there_is_one(tiny, tmp_path):
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == here and resolve_device("cpu") == "cpu"
+    with pytest.raises(DataeffError, match="--device 'nope': not a torch device"): resolve_device("nope")
+    if not torch.cuda.is_available():
+        with pytest.raises(DataeffError, match="no CUDA device is visible"): resolve_device("cuda")
+    assert ModelSettings().device == "auto"
+    with pytest.raises(DataeffError, match="not a torch device"): ModelSettings(device="nope")  # refused before anything loads
+    model, tok = tiny
+    model.save_pretrained(tmp_path/"tiny"); tok.save_pretrained(tmp_path/"tiny")
+    loaded, _ = load_model(str(tmp_path/"tiny"))  # the default device is auto
+    assert next(loaded.parameters()).device.type == here
+    assert next(ModelSettings(model=str(tmp_path/"tiny"), device="cpu").load()[0].parameters()).device.type == "cpu"
+
+
+def test_dtypes_by_name_and_what_the_cpu_computes_in():
+    assert {name: str(dtype) for name, dtype in DTYPES.items()} == {"float32": "torch.float32", "bfloat16": "torch.bfloat16", "float16": "torch.float16"}
+    assert check_dtype("bfloat16") is torch.bfloat16 and check_dtype(torch.float32) is torch.float32
+    with pytest.raises(DataeffError, match="model dtype float16: not supported on cpu; use one of float32, bfloat16"): check_dtype("float16", "cpu")
+    with pytest.raises(DataeffError, match="model dtype float16: not supported on cpu"): ModelSettings(dtype="float16", device="cpu")

@@ -3,7 +3,6 @@ import pytest
 import dataeff
 from dataeff.core import DataeffError
 from dataeff.data import Example, write_examples
-from dataeff.gradients import LoraSpec
 from dataeff.pipeline import EstimateReport, estimate, demo
 from dataeff.tasks import make_task
 from dataeff.cli import main
@@ -22,7 +21,8 @@ def tiny_folder(tiny, tmp_path_factory):
 
 @pytest.fixture
 def fast(tiny_folder):
-    return dict(model=str(tiny_folder), k=4, lora=LoraSpec(r=8, alpha=16), n_resamples=200, progress=False)
+    "Small settings for the tiny model, which has no calibration of its own: it borrows the Llama one."
+    return dict(model=str(tiny_folder), k=4, lora_r=8, lora_alpha=16, resamples=200, progress=False, borrow_calibration=True)
 
 
 def labelled_pool(path, n=40):
@@ -31,8 +31,9 @@ def labelled_pool(path, n=40):
 
 
 def without_run_details(report: dict) -> dict:
-    "The report minus what may differ between runs in different folders: timings and paths."
-    return {k: v for k, v in report.items() if k not in ("timings", "files", "out", "pool")}
+    "The report minus what may differ between runs in different folders: timings (the report's and its CoS-Low's) and paths."
+    kept = {k: v for k, v in report.items() if k not in ("timings", "files", "out", "pool")}
+    return {**kept, "coslow": {k: v for k, v in kept["coslow"].items() if k != "timings"}}
 
 
 def test_top_level_api_is_the_pipeline():
@@ -41,14 +42,14 @@ def test_top_level_api_is_the_pipeline():
 
 
 def test_report_json_equals_the_returned_report_and_markdown(tmp_path, fast):
-    report = estimate(labelled_pool(tmp_path / "pool.jsonl"), out=tmp_path / "out", targets=[0.5, 0.9], **fast)
+    report = estimate(labelled_pool(tmp_path / "pool.jsonl"), out=tmp_path / "out", target=[0.5, 0.9], **fast)
     assert isinstance(report, EstimateReport) and report.status == "complete"
     assert json.loads((tmp_path / "out/report.json").read_text()) == json.loads(json.dumps(report.to_dict()))
     assert (tmp_path / "out/report.md").read_text() == report.markdown()
     assert (tmp_path / "out/curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     p = report.prediction
-    assert p["targets"] == [0.5, 0.9] and p["budgets"][0] < p["budgets"][1]
-    for (lo, hi), b in zip(p["budget_intervals"], p["budgets"]): assert lo <= b <= hi
+    assert p.targets == [0.5, 0.9] and p.budgets[0] < p.budgets[1]
+    for (lo, hi), b in zip(p.budget_intervals, p.budgets): assert lo <= b <= hi
     md = report.markdown()
     for text in ("CoS-Low", "AUC'", "cos_sim_k", "grad_norm_k", "conf_avg_k", "zero-shot accuracy", "llama-3.1-8b", "borrowed"):
         assert text in md, text
@@ -68,21 +69,48 @@ def test_changed_labels_recompute_coslow_instead_of_reusing_it(tmp_path, fast):
     first = estimate(pool, out=tmp_path / "out", **fast)
     write_examples(pool, [Example(ex.id, ex.input, ex.target + "0", ex.instruction) for ex in examples])
     second = estimate(pool, out=tmp_path / "out", **fast)
-    assert first.coslow["baselines"]["grad_norm_k"] != second.coslow["baselines"]["grad_norm_k"]
+    assert first.coslow.baselines.grad_norm_k != second.coslow.baselines.grad_norm_k
 
 
 def test_own_calibration_for_the_model_has_no_borrowed_note(tmp_path, fast):
     calibration = {"family": "tiny-cal", "c": 0.5, "intercept": 0.3, "model_id": fast["model"], "loo_mae": 0.05, "n_tasks": 8}
     (tmp_path / "cal.json").write_text(json.dumps(calibration))
-    report = estimate(labelled_pool(tmp_path / "pool.jsonl"), family=str(tmp_path / "cal.json"), out=tmp_path / "out", **fast)
+    own = {**fast, "borrow_calibration": False}  # nothing to borrow: the calibration is the model's own
+    report = estimate(labelled_pool(tmp_path / "pool.jsonl"), family=str(tmp_path / "cal.json"), out=tmp_path / "out", **own)
     assert report.calibration_note is None
     assert "leave-one-out MAE 0.050 over 8 tasks" in report.markdown()
 
 
+def test_a_calibration_of_another_model_is_refused_unless_borrowed(tmp_path, fast):
+    pool = labelled_pool(tmp_path / "pool.jsonl")
+    with pytest.raises(DataeffError, match="pass --borrow-calibration") as e:
+        estimate(pool, out=tmp_path / "out", **{**fast, "borrow_calibration": False})
+    assert f"'llama-3.1-8b' was fitted for meta-llama/Llama-3.1-8B-Instruct, not for {fast['model']}" in str(e.value)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+    report = estimate(pool, out=tmp_path / "out", **fast)
+    assert report.calibration.family == "llama-3.1-8b" and "its coefficients are borrowed" in report.calibration_note
+    assert f"> **Note.** {report.calibration_note}" in report.markdown()
+    assert "--borrow-calibration" in report.markdown()  # the plan command it suggests borrows too
+
+
+def test_an_unlabelled_pool_returns_the_files_to_label_then_counts_the_labels(tmp_path, fast):
+    examples = make_task("object_counting", 40, seed=0)
+    write_examples(tmp_path / "pool.jsonl", [Example(ex.id, ex.input, None, ex.instruction) for ex in examples])
+    waiting = estimate(tmp_path / "pool.jsonl", out=tmp_path / "out", **fast)
+    assert waiting.status == "needs_annotations" and waiting.labelled == 0 and waiting.coslow is None and waiting.prediction is None
+    assert waiting.to_annotate == [str(tmp_path / "out/to_annotate.jsonl"), str(tmp_path / "out/to_annotate.csv")]
+    truth = {ex.id: ex.target for ex in examples}
+    todo = tmp_path / "out/to_annotate.jsonl"
+    todo.write_text("".join(json.dumps({**r, "target": truth[r["id"]]}) + "\n" for r in map(json.loads, todo.read_text().splitlines())))
+    done = estimate(tmp_path / "pool.jsonl", out=tmp_path / "out", annotations=todo, **fast)
+    assert done.status == "complete" and done.labelled == 4 and done.plan.labelled == 4
+    assert done.coslow.k + len(done.coslow.excluded) == 4 and done.prediction.coslow == done.coslow.coslow
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(family="gpt-9"), "unknown family 'gpt-9'"),
-    (dict(targets=[1.0]), "target 1.0 is outside (0, 1)"),
-    (dict(targets=[0.0, 0.9]), "target 0.0 is outside (0, 1)"),
+    (dict(target=[1.0]), "target 1.0 is outside (0, 1)"),
+    (dict(target=[0.0, 0.9]), "target 0.0 is outside (0, 1)"),
     (dict(k=5), "give a pool of at least 50 examples"),
     (dict(k=1), "k must be at least 2"),
 ])
@@ -103,7 +131,8 @@ def test_annotations_of_another_pool_are_refused_by_id(tmp_path, fast):
 def test_unlabelled_pool_round_trip_through_the_command_line(tmp_path, tiny_folder, capsys):
     truth = {ex.id: ex.target for ex in make_task("object_counting", 40, seed=0)}
     write_examples(tmp_path / "pool.jsonl", [Example(ex.id, ex.input, None, ex.instruction) for ex in make_task("object_counting", 40, seed=0)])
-    args = ["estimate", str(tmp_path / "pool.jsonl"), "--model", str(tiny_folder), "--k", "4", "--out", str(tmp_path / "out"), "--quiet"]
+    args = ["estimate", str(tmp_path / "pool.jsonl"), "--model", str(tiny_folder), "--k", "4", "--out", str(tmp_path / "out"), "--quiet",
+            "--borrow-calibration"]
     assert main(args) == 0
     todo = tmp_path / "out/to_annotate.jsonl"
     assert "--annotations" in capsys.readouterr().out and not (tmp_path / "out/report.json").exists()
@@ -122,6 +151,8 @@ def test_unlabelled_pool_round_trip_through_the_command_line(tmp_path, tiny_fold
     (["--family", "nope"], "unknown family 'nope'"),
     (["--target", "1.5"], "target 1.5 is outside (0, 1)"),
     (["--k", "32"], "give a pool of at least 320 examples"),
+    (["--k", "1"], "--k 1: CoS-Low compares pairs"),
+    ([], "pass --borrow-calibration to use this one knowingly"),  # the tiny model has no calibration of its own
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, tiny_folder, capsys, extra, message):
     pool = labelled_pool(tmp_path / "pool.jsonl")

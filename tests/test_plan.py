@@ -4,6 +4,13 @@ from dataeff.cli import main, build_parser
 from dataeff.plan import make_plan, next_budget, simulate_plan, PLAN_BUDGETS
 from dataeff.budgets import default_budget_model
 from dataeff.curves import task_curve
+from dataeff.coslow import CoslowReport
+
+
+def coslow_json(path, coslow, model):
+    "A CoS-Low report as dataeff coslow (or estimate, as coslow.json) writes it."
+    path.write_text(json.dumps(CoslowReport(coslow=coslow, interval=[coslow - 0.05, coslow + 0.05], level=0.95, k=8, seed=0, model=model).to_dict()))
+    return path
 
 
 def _one_line_error(capsys, argv, msg):
@@ -14,8 +21,8 @@ def _one_line_error(capsys, argv, msg):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--target", "1.5"], "target 1.5 is outside (0, 1)"),
-    (["--target", "0"], "target 0.0 is outside (0, 1)"),
+    (["--target", "1.5"], "--target 1.5: targets are normalised scores"),
+    (["--target", "0"], "--target 0.0: targets are normalised scores"),
     (["--zero-shot", "0.5", "--ceiling", "0.9", "--target-accuracy", "0.95"], "target accuracy 0.95 must lie between the zero-shot score 0.5 and the ceiling 0.9"),
     (["--zero-shot", "0.5", "--target-accuracy", "0.45"], "target accuracy 0.45 must lie between the zero-shot score 0.5"),
     (["--measured", "0:0.5,200:0.7,100:0.8", "--target", "0.9"], "out of order: budget 100 comes after 200"),
@@ -28,17 +35,19 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, msg):
 
 
 def test_coslow_report_of_another_model_is_refused(tmp_path, capsys):
-    report = tmp_path/"r.coslow.json"
-    report.write_text(json.dumps({"coslow": 0.4, "model": "HuggingFaceTB/SmolLM2-135M-Instruct"}))
-    err = _one_line_error(capsys, [str(report), "--family", "mistral-7b-v0.3"], "CoS-Low of model 'HuggingFaceTB/SmolLM2-135M-Instruct'")
+    report = coslow_json(tmp_path/"r.coslow.json", 0.4, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    err = _one_line_error(capsys, [str(report), "--family", "mistral-7b-v0.3"], "not for HuggingFaceTB/SmolLM2-135M-Instruct")
     assert "mistralai/Mistral-7B-Instruct-v0.3" in err and "--borrow-calibration" in err
     assert main(["plan", str(report), "--family", "mistral-7b-v0.3", "--borrow-calibration"]) == 0
+    out = capsys.readouterr().out
+    assert "note: The calibration `mistral-7b-v0.3` was fitted for mistralai/Mistral-7B-Instruct-v0.3" in out and "indicative" in out
+    assert "CoS-Low 0.400" in out and "(mistral-7b-v0.3)" in out
 
 
 def test_estimate_folder_and_curve_file_are_read(tmp_path, capsys):
     (tmp_path/"est").mkdir()
-    (tmp_path/"est"/"report.json").write_text(json.dumps({"coslow": {"coslow": 0.43}, "model": "meta-llama/Llama-3.1-8B-Instruct",
-                                                          "calibration": {"family": "llama-3.1-8b"}}))
+    coslow_json(tmp_path/"est"/"coslow.json", 0.43, "meta-llama/Llama-3.1-8B-Instruct")
+    (tmp_path/"est"/"report.json").write_text(json.dumps({"model": "meta-llama/Llama-3.1-8B-Instruct", "calibration": {"family": "llama-3.1-8b"}}))
     curve = tmp_path/"llama_toy_full_result_v2.json"
     curve.write_text(json.dumps({"0": {"accuracy": 0.55}, "200": {"accuracy": 0.7}}))
     out = tmp_path/"plan.json"
@@ -47,8 +56,9 @@ def test_estimate_folder_and_curve_file_are_read(tmp_path, capsys):
     direct = make_plan(target_accuracy=0.85, coslow=0.43, calibration="llama-3.1-8b", measured=[(0, 0.55), (200, 0.7)])
     assert plan["next_budget"] == direct.next_budget and plan["zero_shot"] == 0.55
     assert plan["measured"] == [[200.0, 0.7, pytest.approx((0.7 - 0.55)/0.45)]]  # float64, a few operations (approx's default 1e-6 is far above)
+    (tmp_path/"est"/"coslow.json").unlink()  # an estimate still waiting for its labels has no coslow.json yet
     (tmp_path/"est"/"report.json").write_text(json.dumps({"status": "needs_annotations", "coslow": None}))
-    _one_line_error(capsys, [str(tmp_path/"est"), "--target", "0.9"], "no CoS-Low in [-1, 1]")
+    _one_line_error(capsys, [str(tmp_path/"est"), "--target", "0.9"], "no CoS-Low here")
 
 
 def test_help_documents_every_option(capsys):
@@ -88,3 +98,13 @@ def test_simulate_plan_reaches_the_target_on_a_curve():
     from dataeff.savings import noisy_observer
     noisy = [simulate_plan(c, 0.8, default_budget_model().prior(None), observe=noisy_observer(0.05, seed))[2] for seed in (0, 0, 1)]
     assert noisy[0] == noisy[1] and noisy[0] != noisy[2]  # seeded
+
+
+def test_make_plan_takes_the_target_as_a_keyword_and_counts_the_labelled_sample():
+    from dataeff.core import DataeffError
+    assert make_plan().target == 0.9 and make_plan(target=0.8).target == 0.8
+    with pytest.raises(DataeffError, match=r"--target 1\.2: targets are normalised scores"): make_plan(target=1.2)
+    plan = make_plan(target=0.9, coslow=0.4, calibration="llama-3.1-8b", labelled=32)
+    assert plan.labelled == 32 and plan.next_budget > 32
+    assert f"{plan.next_budget - 32:,} more than the 32 labelled so far" in plan.next_step()
+    assert "none labelled so far" in make_plan(target=0.9, coslow=0.4).next_step()

@@ -3,12 +3,13 @@ import numpy as np, pytest
 from scipy import stats
 from dataeff.cli import main
 from dataeff.core import DataeffError
-from dataeff.calibrate import Calibration
+from dataeff.calibrate import CALIBRATIONS, Calibration
+from dataeff.coslow import CoslowReport
 from dataeff.predict import predict
 
 
 def test_worked_example_of_the_paper():
-    p = predict(0.65, c=0.54, intercept=0.31, targets=[0.9], shape="power")
+    p = predict(0.65, c=0.54, intercept=0.31, target=[0.9], shape="power")
     assert p.auc == pytest.approx(0.661, abs=1e-12)  # float64, a few operations: a few ulps
     assert p.exponent == pytest.approx(0.339/0.661, rel=1e-12)  # float64, a few operations: a few ulps
     assert p.budgets[0] == pytest.approx(1028, abs=1)  # the paper's budget, an integer
@@ -27,8 +28,8 @@ def test_named_family_uses_published_coefficients_and_the_scatter():
 def test_learned_interval_is_the_budget_models_gaussian():
     from dataeff.budgets import default_budget_model
     bm = default_budget_model()
-    cal = Calibration("toy", 0.6, 0.3, scatter_sd=0.1, scatter_source="test")
-    p = predict(0.5, cal, targets=[0.7])
+    cal = Calibration(family="toy", c=0.6, intercept=0.3, scatter_sd=0.1, scatter_source="test")
+    p = predict(0.5, cal, target=[0.7])
     k = bm.targets.index(0.7)
     m, sd = bm.alpha[k] + bm.beta[k]*0.6, math.sqrt(bm.cov[k][k] + bm.beta[k]**2*0.01)
     assert math.log2(p.budgets[0]) == pytest.approx(m, abs=1e-9)  # float64 log2/exp2 of a budget ≤ 5000: ~1e-15
@@ -37,7 +38,7 @@ def test_learned_interval_is_the_budget_models_gaussian():
 
 
 def test_se_only_calibration_says_its_interval_is_too_narrow():
-    cal = Calibration("toy", 0.6, 0.3, c_se=0.1, intercept_se=0.03, cov_c_intercept=-0.002, residual_sd=0.1, n_tasks=12)
+    cal = Calibration(family="toy", c=0.6, intercept=0.3, c_se=0.1, intercept_se=0.03, cov_c_intercept=-0.002, residual_sd=0.1, n_tasks=12)
     p = predict(0.5, cal, coslow_interval=(0.45, 0.58))
     assert p.auc_sd == pytest.approx(math.sqrt(0.25*0.01 + 0.03**2 - 2*0.5*0.002 + 0.01), rel=1e-12)  # float64, a few operations: a few ulps
     assert "too narrow" in p.interval_sources[0] and "not added" in p.interval_sources[1]
@@ -59,8 +60,8 @@ def test_out_of_range_auc_clamps_with_warning_or_refuses():
 
 
 @pytest.mark.parametrize("kw,msg", [
-    (dict(coslow=0.5, calibration="llama-3.1-8b", targets=[0.0]), "target 0.0 is outside"),
-    (dict(coslow=0.5, calibration="llama-3.1-8b", targets=[1.2]), "target 1.2 is outside"),
+    (dict(coslow=0.5, calibration="llama-3.1-8b", target=[0.0]), "target 0.0 is outside"),
+    (dict(coslow=0.5, calibration="llama-3.1-8b", target=[1.2]), "target 1.2 is outside"),
     (dict(coslow=1.5, calibration="llama-3.1-8b"), "CoS-Low 1.5"),
     (dict(coslow=0.5, calibration="unknown-fam"), "unknown family"),
     (dict(coslow=0.5, c=0.5), "either a calibration"),
@@ -83,9 +84,9 @@ def test_cli_predict_json_plot(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,msg", [
     (["--coslow", "0.5", "--family", "nope"], "unknown family"),
-    (["--coslow", "0.5", "--c", "5", "--intercept", "3"], "outside (0.01, 0.99)"),
+    (["--coslow", "0.5", "--c", "5", "--intercept", "3", "--no-clamp"], "outside (0.01, 0.99)"),
     (["--coslow", "0.5", "--family", "llama-3.1-8b", "--target", "1.5"], "target 1.5"),
-    (["--coslow", "0.5", "--c", "0.5"], "--c needs --intercept"),
+    (["--coslow", "0.5", "--c", "0.5"], "--c and --intercept go together"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(argv, msg, capsys):
     assert main(["predict", *argv]) == 2
@@ -93,6 +94,32 @@ def test_cli_bad_input_exits_2_with_one_line(argv, msg, capsys):
     assert msg in err and len(err.splitlines()) == 1
 
 
-def test_cli_clamp_flag_allows_out_of_range(capsys):
-    assert main(["predict", "--coslow", "0.5", "--c", "5", "--intercept", "3", "--clamp"]) == 0
+def test_cli_clamps_out_of_range_by_default(capsys):
+    assert main(["predict", "--coslow", "0.5", "--c", "5", "--intercept", "3"]) == 0
     assert "warning: AUC'" in capsys.readouterr().out
+
+
+def coslow_file(path, model, coslow=0.5):
+    "A CoS-Low report as dataeff coslow writes it, measured with `model`."
+    report = CoslowReport(coslow=coslow, interval=[coslow - 0.05, coslow + 0.05], level=0.95, k=8, seed=0, model=model)
+    path.write_text(json.dumps(report.to_dict()))
+    return path
+
+
+def test_cli_predict_from_a_report_uses_its_interval_and_refuses_a_borrowed_calibration(tmp_path, capsys):
+    own = coslow_file(tmp_path/"llama.json", CALIBRATIONS["llama-3.1-8b"].model_id)
+    assert main(["predict", str(own), "--json", str(tmp_path/"p.json")]) == 0
+    assert "note:" not in capsys.readouterr().out
+    d = json.loads((tmp_path/"p.json").read_text())
+    assert d["coslow"] == 0.5 and d["coslow_interval"] == [0.45, 0.55] and d["calibration"] == "llama-3.1-8b"
+    other = coslow_file(tmp_path/"small.json", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert main(["predict", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fitted for meta-llama/Llama-3.1-8B-Instruct, not for HuggingFaceTB/SmolLM2-135M-Instruct" in err and "--borrow-calibration" in err
+    assert len(err.splitlines()) == 1
+    assert main(["predict", str(other), "--borrow-calibration"]) == 0
+    out = capsys.readouterr().out
+    assert "note: The calibration `llama-3.1-8b` was fitted for meta-llama/Llama-3.1-8B-Instruct" in out and "indicative" in out
+    assert "annotate about" in out
+    assert main(["predict", str(own), "--coslow", "0.5"]) == 2 and "not both" in capsys.readouterr().err
+    assert main(["predict", str(own), "--interval", "0.4", "0.6"]) == 2 and "a report brings its own interval" in capsys.readouterr().err

@@ -2,9 +2,9 @@ import json, math
 import numpy as np, pandas as pd, pytest
 from dataeff.cli import main
 from dataeff.core import DataeffError
-from dataeff.curves import analyse_results, budget_for_target, measured_budget_for_target, task_curve
+from dataeff.curves import analyse_results, budget_for_target, measured_budget_for_target, measured_score, task_curve
 from dataeff.savings import (annotation_savings, fit_inverse_power_law, follow_prediction, incremental_baseline,
-                             inverse_power_law_budget, inverse_power_law_cost, measured_score)
+                             inverse_power_law_budget, inverse_power_law_cost)
 
 
 # normalised scores equal accuracies here: zero-shot 0, ceiling 1
@@ -91,11 +91,12 @@ def test_bad_targets_and_too_few_coslow_tasks():
 
 def test_cli_savings_on_reference_llama(reference, tmp_path, capsys):
     ref = reference
-    from dataeff.calibrate import facts_coslow
-    pd.DataFrame(dict(task=list(facts_coslow()), coslow=list(facts_coslow().values()))).to_csv(tmp_path/"coslow.csv", index=False)
+    from dataeff.paper import paper_coslow
+    coslow = paper_coslow()["coslow"]
+    pd.DataFrame(dict(task=list(coslow), coslow=list(coslow.values()))).to_csv(tmp_path/"coslow.csv", index=False)
     out, png = tmp_path/"s.json", tmp_path/"s.png"
-    assert main(["savings", str(ref/"results"/"finetune_results"), "--model", "llama", "--coslow", str(tmp_path/"coslow.csv"),
-                 "--targets", "0.9", "--json", str(out), "--plot", str(png)]) == 0
+    assert main(["savings", str(ref/"results"/"finetune_results"), "--curve-prefix", "llama", "--coslow-table", str(tmp_path/"coslow.csv"),
+                 "--target", "0.9", "--json", str(out), "--plot", str(png)]) == 0
     d = json.loads(out.read_text())
     tot = {r["predictor"]: r for r in d["totals"]}
     assert tot["incremental"]["tasks"] == 19 and tot["incremental"]["rounds"] == 99 and tot["incremental"]["cost"] == 36250
@@ -107,7 +108,22 @@ def test_cli_savings_on_reference_llama(reference, tmp_path, capsys):
 
 def test_cli_bad_input_exits_2(reference, tmp_path, capsys):
     ref = reference
-    assert main(["savings", str(ref/"results"/"finetune_results"), "--model", "llama", "--targets", "0"]) == 2
-    assert main(["savings", str(ref/"results"/"finetune_results"), "--model", "llama", "--fit-budgets", "300"]) == 2
+    assert main(["savings", str(ref/"results"/"finetune_results"), "--curve-prefix", "llama", "--target", "0"]) == 2
+    assert main(["savings", str(ref/"results"/"finetune_results"), "--curve-prefix", "llama", "--fit-budgets", "300"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "target 0.0" in err[0] and "--fit-budgets 300" in err[1]
+
+
+def test_cli_paper_family_is_the_released_curves_with_the_papers_coslow(reference, tmp_path, capsys):
+    from dataeff.paper import paper_coslow
+    coslow = paper_coslow()["coslow"]
+    pd.DataFrame(dict(task=list(coslow), coslow=list(coslow.values()))).to_csv(tmp_path/"coslow.csv", index=False)
+    assert main(["savings", str(reference/"results"/"finetune_results"), "--curve-prefix", "llama", "--coslow-table", str(tmp_path/"coslow.csv"),
+                 "--target", "0.9", "--json", str(tmp_path/"given.json")]) == 0
+    assert main(["savings", "--paper", "llama", "--target", "0.9", "--json", str(tmp_path/"paper.json")]) == 0
+    assert json.loads((tmp_path/"paper.json").read_text()) == json.loads((tmp_path/"given.json").read_text())
+    capsys.readouterr()
+    assert main(["savings", str(reference/"results"/"finetune_results"), "--paper", "llama"]) == 2
+    assert main(["savings", "--paper", "llama", "--curve-prefix", "llama"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--paper FAMILY" in err[0] and "--curve-prefix goes with a RESULTS folder" in err[1]
