@@ -6,12 +6,12 @@ Each procedure runs in its own fresh process (so its peak memory is its own), on
   authors     the authors' procedure: those passes + a per-example dict of cloned lora_B gradients + a per-pair, per-layer cosine loop
   sequential  dataeff, one example per backward pass, gradients streamed into the chunk buffer, cosines, bootstrap
   batched     dataeff.coslow.compute_coslow (batched per-example gradients from hooks), baselines off
-Prints wall (and CPU) times, the ratios the issue asks for, and peak resident memory above the warmed-up model process
+Prints wall (and CPU) times, their ratios, and peak resident memory above the warmed-up model process
 against the allowance k·D·4 bytes + 1 GiB. `--repeats R` runs the four parts R times, interleaved, and reports medians.
 Every part runs with the same number of torch threads (`--threads`, default 1: on a small machine shared with other jobs a
 second thread mostly waits for a free core, which penalises many-small-op code unevenly and makes the ratios noisy).
 
-    python scripts/bench_coslow.py [--model smollm2-135m] [--n 32] [--batch-size 2] [--threads 1] [--repeats 1]
+    python scripts/bench_coslow.py [--model smollm2-135m] [--n 32] [--grad-batch-size 2] [--threads 1] [--repeats 1]
 """
 import argparse, json, statistics, subprocess, sys, time
 
@@ -25,22 +25,22 @@ def _rss_gb():
 def _part(name, model_name, n, batch_size, threads):
     import numpy as np, torch
     torch.set_num_threads(threads)
-    from dataeff.core import reference_dir
+    from dataeff.paper import paper_data
     from dataeff.data import read_pool
     from dataeff.models import load_model, encode_example
     from dataeff.gradients import LoraSpec, add_lora, per_example_gradients, lora_tensors
     from dataeff.coslow import compute_coslow, median_upper_pairs, bootstrap_interval
     from dataeff.similarity import pairwise_cosine
-    examples = read_pool(reference_dir() / "results/coslow_data/low_conf_examples_annotated.json")[:n]
-    model, tokenizer = load_model(model_name)
+    examples = read_pool(paper_data() / "results/coslow_data/low_conf_examples_annotated.json")[:n]
+    model, tokenizer = load_model(model_name, device="cpu")
     encoded = [encode_example(tokenizer, ex) for ex in examples]
     with torch.no_grad(): model(torch.tensor([encoded[0]["input_ids"]]))  # touch every weight (safetensors are memory-mapped)
     base_rss, _ = _rss_gb()
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak
     start, start_cpu = time.perf_counter(), time.process_time()
     if name == "batched":
-        report = compute_coslow(model, tokenizer, examples, seed=0, batch_size=batch_size, baselines=False, progress=False)
-        coslow, dim = report["coslow"], report["gradient_dim"]
+        report = compute_coslow(model, tokenizer, examples, seed=0, grad_batch_size=batch_size, baselines=False, progress=False)
+        coslow, dim = report.coslow, report.gradient_dim
     else:
         peft_model = add_lora(model, LoraSpec(), seed=0)
         if name == "sequential":
@@ -79,18 +79,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--n", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--grad-batch-size", type=int, default=2, help="examples per batched backward pass of dataeff's path (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every part (default 1)")
     parser.add_argument("--repeats", type=int, default=1, help="run the four parts this many times, interleaved; report medians")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.part: return _part(args.part, args.model, args.n, args.batch_size, args.threads)
+    if args.part: return _part(args.part, args.model, args.n, args.grad_batch_size, args.threads)
     names, runs = ("fwdbwd", "authors", "sequential", "batched"), []
     for repeat in range(args.repeats):
         results = {}
         for name in names:
             out = subprocess.run([sys.executable, __file__, "--part", name, "--model", args.model, "--n", str(args.n),
-                                  "--batch-size", str(args.batch_size), "--threads", str(args.threads)], capture_output=True, text=True)
+                                  "--grad-batch-size", str(args.grad_batch_size), "--threads", str(args.threads)], capture_output=True, text=True)
             if out.returncode: sys.exit(f"part {name} failed:\n{out.stderr[-3000:]}")
             results[name] = r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"run {repeat + 1} {name:>10}: {r['seconds']:7.1f} s wall, {r['cpu_seconds']:7.1f} s CPU, peak RSS {r['peak_rss_gb']:.2f} GB "
@@ -100,7 +100,7 @@ def main():
     t, cpu = ({name: median(name, key) for name in names} for key in ("seconds", "cpu_seconds"))
     b = runs[0]["batched"]
     allowed = b["k"] * b["dim"] * 4 / 1e9 + 2**30 / 1e9
-    print(f"medians of {args.repeats} run(s), {args.threads} thread(s), k = {b['k']}, D = {b['dim']}, batch size {args.batch_size}:")
+    print(f"medians of {args.repeats} run(s), {args.threads} thread(s), k = {b['k']}, D = {b['dim']}, batch size {args.grad_batch_size}:")
     for name in names: print(f"  {name:>10}: {t[name]:7.1f} s wall, {cpu[name]:7.1f} s CPU")
     print(f"overhead, one-at-a-time (sequential / fwdbwd): {t['sequential'] / t['fwdbwd']:.2f}x wall, {cpu['sequential'] / cpu['fwdbwd']:.2f}x CPU   (target <= 1.2)")
     print(f"overhead, batched (batched / fwdbwd):         {t['batched'] / t['fwdbwd']:.2f}x wall, {cpu['batched'] / cpu['fwdbwd']:.2f}x CPU")
