@@ -162,8 +162,8 @@ def _write_outputs(report: EstimateReport, out: Path):
 ESTIMATE_SETTINGS = (PoolSettings, ModelSettings, ScoreSettings, SampleSettings, CoslowSettings, CalibrationSettings, PredictSettings)
 
 def estimate(pool, *settings, annotations=None, out="dataeff-estimate", progress: bool = True, **options) -> EstimateReport | None:
-    """Score the `pool` (a seeded sample of `max_pool` of it, when larger), select its k least-confident examples, take their labels (from the pool or the `annotations` file, .jsonl or .csv),
-    compute CoS-Low and predict the budget per target; writes `report.json`, `report.md` and `curve.png` into `out`. If the sample is
+    """Score the `pool` (a seeded sample of `max_pool` of it, when larger), select its k least-confident examples, take their labels (from
+    the pool or the `annotations` file, .jsonl or .csv), compute CoS-Low and predict the budget per target; writes `report.json`, `report.md` and `curve.png` into `out`. If the sample is
     unlabelled, writes `to_annotate.jsonl` and `to_annotate.csv` there instead and returns a report with `status="needs_annotations"`.
     `pool` is anything `dataeff.data.read_pool` reads. Options: the settings of `ESTIMATE_SETTINGS` (pool fields, model, scoring, sample,
     CoS-Low, calibration, prediction), as objects or as their fields' keywords (`input_field=`, `model=`, `k=`, `family=`, `target=`, ...).
@@ -272,7 +272,8 @@ def configure_estimate(parser):
     parser.set_defaults(run=_run_estimate)
 
 def _run_demo(args):
-    _print_outcome(demo(args.out, *args.settings, task=args.task, n=args.n, progress=not args.quiet))
+    report = demo(args.out, *args.settings, task=args.task, n=args.n, progress=not args.quiet)
+    if report is not None: _print_outcome(report)
 
 def configure_demo(parser):
     "`dataeff demo [--out DIR]`: the main job on a built-in task with the default model."
