@@ -6,7 +6,7 @@
 __all__ = ['COMMANDS', 'build_parser', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #34cba734
-import argparse, importlib, sys
+import argparse, importlib, re, sys
 from . import __version__
 from .core import DataeffError
 from .settings import resolve_settings, settings_options, settings_parser
@@ -28,9 +28,15 @@ COMMANDS = {  # subcommand: (module that configures it, one-line help)
 }
 
 # %% ../nbs/90_cli.ipynb #052e6991
+class _OneLineParser(argparse.ArgumentParser):
+    "An argument parser whose errors (a value that is not a number, an unknown option) are one line on stderr and exit status 2, like every other error."
+    def error(self, message):
+        message = re.sub(r"--(\w+)/--([\w-]+)", lambda m: f"--{m[2]}" if m[1].replace("_", "-") == m[2] else m[0], message)  # --max_pool/--max-pool: one name
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
 def build_parser(command=None) -> argparse.ArgumentParser:
     "The `dataeff` argument parser; only `command`'s module is imported to configure its arguments."
-    parser = argparse.ArgumentParser(prog="dataeff", description="Estimate how many labelled examples fine-tuning an LLM on your task needs.")
+    parser = _OneLineParser(prog="dataeff", description="Estimate how many labelled examples fine-tuning an LLM on your task needs.")
     parser.add_argument("--version", action="version", version=f"dataeff {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help) in COMMANDS.items():
@@ -51,7 +57,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
+    try: args = parser.parse_args(argv)
+    except SystemExit as e:
+        if e.code in (0, None): raise  # --help, --version
+        return e.code                  # the parser said what is wrong, in one line
     if args.command is None:
         parser.print_help()
         return 2

@@ -7,7 +7,7 @@ __all__ = ['COMMAND_SETTINGS', 'median_upper_pairs', 'bootstrap_interval', 'Cosl
            'read_coslow_report', 'compute_coslow', 'configure_coslow']
 
 # %% ../nbs/06a_coslow.ipynb #63302d44
-import dataclasses, random
+import dataclasses, random, sys
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -17,9 +17,9 @@ from .core import DataeffError, atomic_write_json, read_json, timed_stage
 from .settings import option, require, resolve_settings
 from .data import Example, PoolSettings, read_pool, exact_match
 from .models import ModelSettings, model_id, encode_example, check_dtype
-from .confidence import ScoreSettings, SampleSettings, score_examples, low_confidence_sample
+from .confidence import ScoreSettings, SampleSettings, Processes, score_examples, low_confidence_sample
 from .similarity import pairwise_cosine
-from .gradients import LoraSpec, LORA_TARGETS, lora_adapter, per_example_gradients
+from .gradients import LoraSpec, LORA_TARGETS, MemoryPlan, lora_adapter, memory_plan, per_example_gradients
 
 # %% ../nbs/06a_coslow.ipynb #fea6c70d
 def median_upper_pairs(cosine) -> float:
@@ -104,6 +104,7 @@ class CoslowReport:
     grad_dtype: str | None = None
     lora: dict = field(default_factory=dict)
     gradient_dim: int | None = None
+    memory: MemoryPlan | None = None  # what the gradients were planned to need (the memory free at the time is printed, not kept)
     ids: list = field(default_factory=list)
     cosine_matrix: list = field(default_factory=list)
     losses: list = field(default_factory=list)
@@ -125,7 +126,8 @@ class CoslowReport:
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         if not isinstance(d, dict) or not required <= d.keys() or not isinstance(d.get("coslow"), (int, float)) or not -1 <= d["coslow"] <= 1:
             raise DataeffError(f"{source}: not a CoS-Low report (no CoS-Low in [-1, 1], or keys missing); give a file written by dataeff coslow or an estimate folder")
-        return cls(**{**{k: v for k, v in d.items() if k in names}, "baselines": CoslowBaselines(**(d.get("baselines") or {}))})
+        return cls(**{**{k: v for k, v in d.items() if k in names}, "baselines": CoslowBaselines(**(d.get("baselines") or {})),
+                      "memory": MemoryPlan(**d["memory"]) if d.get("memory") else None})
 
 def read_coslow_report(path) -> CoslowReport:
     "The CoS-Low report in `path`: a report file of `dataeff coslow`, or the output folder (or report.json) of `dataeff estimate`."
@@ -152,6 +154,15 @@ def _encode(tokenizer, examples, what):
     return kept, encoded, excluded
 
 # %% ../nbs/06a_coslow.ipynb #a27aaab2
+def _memory_refusal(plan: MemoryPlan, cs: CoslowSettings, with_random: bool) -> str:
+    "One line: the plan, and the options that make it smaller."
+    fixes = (["--grad-dtype bfloat16 (half the buffer)"] if cs.grad_dtype == "float32" else []) + \
+            (["--no-baselines (no second buffer for cos_sim_k)"] if with_random else []) + \
+            (["no --include-lora-a (its gradients are zero at initialisation)"] if cs.include_lora_a else []) + \
+            ([f"a smaller --grad-batch-size (now {cs.grad_batch_size})"] if cs.grad_batch_size > 1 else []) + \
+            ["a smaller --k"]
+    return f"{plan.summary()}: more than the {plan.device} has; use " + (", ".join(fixes[:-1]) + " or " if len(fixes) > 1 else "") + fixes[-1]
+
 def compute_coslow(model, tokenizer, examples: list[Example], *settings: CoslowSettings, seed: int = 0, scores: list[dict] | None = None,
                    random_examples: list[Example] | None = None, progress: bool = True, **options) -> CoslowReport:
     """CoS-Low of the labelled `examples` (normally the k least-confident) with its bootstrap interval, per-example diagnostics and baselines.
@@ -164,6 +175,9 @@ def compute_coslow(model, tokenizer, examples: list[Example], *settings: CoslowS
     with timed_stage(timings, "encode"):
         kept, encoded, empty = _encode(tokenizer, examples, "labelled sample")
         random_kept, random_encoded, _ = _encode(tokenizer, random_examples, "random pool sample") if random_examples and cs.baselines else (None, None, None)
+    plan = memory_plan(model, encoded + (random_encoded or []), len(kept) + len(random_kept or []), cs.lora, cs.include_lora_a, grad_dtype, cs.grad_batch_size)
+    if not plan.fits: raise DataeffError(_memory_refusal(plan, cs, bool(random_encoded)))  # before any gradient
+    if progress: print(plan.summary(), file=sys.stderr)
     base = CoslowBaselines()
     if cs.baselines:
         with timed_stage(timings, "confidence"):
@@ -197,7 +211,7 @@ def compute_coslow(model, tokenizer, examples: list[Example], *settings: CoslowS
     return CoslowReport(coslow=coslow, interval=interval, level=cs.level, n_resamples=cs.resamples, k=len(grads.ids), k_requested=len(examples),
                         excluded=[ex.id for ex in examples if ex.id in excluded], exclusion_reasons=excluded, seed=seed, model=model_id(model),
                         dtype=str(param.dtype).removeprefix("torch."), grad_dtype=str(grads.chunks[0].dtype).removeprefix("torch."),
-                        lora={**cs.lora.as_dict(), "include_lora_a": cs.include_lora_a}, gradient_dim=grads.dim, ids=grads.ids,
+                        lora={**cs.lora.as_dict(), "include_lora_a": cs.include_lora_a}, gradient_dim=grads.dim, memory=dataclasses.replace(plan, available_bytes=None), ids=grads.ids,
                         cosine_matrix=cosine.tolist(), losses=grads.losses, grad_norms=grads.grad_norms, answer_tokens=grads.answer_tokens,
                         baselines=base, timings=timings)
 
@@ -224,6 +238,7 @@ def _run_coslow(args):
     if args.select:
         with timed_stage(timings, "score_pool"):
             picked = low_confidence_sample(model, tokenizer, examples, args.scores or Path(args.file).with_suffix(".scores.jsonl"), score, sample)
+        if not Processes().main: return  # under accelerate launch the other processes only help score
         if picked.unlabelled:
             raise DataeffError(f"{args.file}: {len(picked.unlabelled)} of the {sample.k} selected examples have no target (first {picked.unlabelled[0].id!r}); "
                                f"write them out with dataeff select, label them, and run dataeff coslow on that file")

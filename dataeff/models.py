@@ -111,8 +111,12 @@ def _resolve(name_or_path) -> str:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # the dtypes a model or a buffer may take, by name
 
 def resolve_device(device: str = "auto") -> str:
-    "`auto`: `cuda` when torch sees a GPU, else `cpu`; any other device name checked and returned as it is."
-    if device == "auto": return "cuda" if torch.cuda.is_available() else "cpu"
+    """`auto`: `cuda` when torch sees a GPU (under `torchrun` or `accelerate launch`, the process's own: `cuda:LOCAL_RANK`), else `cpu`;
+    any other device name checked and returned as it is."""
+    if device == "auto":
+        if not torch.cuda.is_available(): return "cpu"
+        local = os.environ.get("LOCAL_RANK")  # set by the launcher, one process per GPU
+        return f"cuda:{int(local) % torch.cuda.device_count()}" if local and int(os.environ.get("WORLD_SIZE", "1")) > 1 else "cuda"
     try: kind = torch.device(device).type
     except (RuntimeError, TypeError): raise DataeffError(f"--device {device!r}: not a torch device; use auto, cpu, cuda or cuda:N") from None
     if kind == "cuda" and not torch.cuda.is_available(): raise DataeffError(f"--device {device}: no CUDA device is visible here; use --device auto or cpu")

@@ -15,7 +15,7 @@ from .settings import resolve_settings
 from .data import PoolSettings, read_pool, write_examples, write_to_annotate, read_annotations, annotation_instructions
 from .models import ModelSettings, model_id
 from .tasks import TASKS, make_task
-from .confidence import ScoreSettings, SampleSettings, low_confidence_sample
+from .confidence import ScoreSettings, SampleSettings, Processes, low_confidence_sample, scored_of
 from .coslow import CoslowReport, CoslowSettings, compute_coslow
 from .calibrate import Calibration, CalibrationSettings, choose_calibration
 from .predict import PredictSettings, Prediction, predict, plot_prediction, print_prediction
@@ -30,6 +30,7 @@ class EstimateReport:
     model: str
     out: str
     n_pool: int
+    n_scored: int | None = None          # pool examples scored: all of them, or the seeded sample of --max-pool
     k: int
     seed: int
     calibration: Calibration
@@ -85,7 +86,7 @@ def _headline(r: EstimateReport) -> str:
 def _markdown(r: EstimateReport) -> str:
     name = Path(r.pool).name
     if r.status != "complete":
-        return (f"# dataeff estimate: {name}\n\nWaiting for labels for the {r.k} least-confident of {r.n_pool} pool examples: "
+        return (f"# dataeff estimate: {name}\n\nWaiting for labels for the {r.k} least-confident of {scored_of(r.n_scored or r.n_pool, r.n_pool)}: "
                 f"{annotation_instructions(*r.to_annotate)}.\n")
     p, cs, cal = r.prediction, r.coslow, r.calibration
     level = f"{p.level:.0%}"
@@ -101,12 +102,13 @@ def _markdown(r: EstimateReport) -> str:
               "![Predicted curve](curve.png)", "",
               "## CoS-Low", "",
               f"CoS-Low = **{cs.coslow:.4f}**, {level} bootstrap interval {cs.interval[0]:.4f} to {cs.interval[1]:.4f}: the median cosine "
-              f"similarity of the LoRA gradients of the {cs.k} least-confident of {r.n_pool} pool examples (seed {r.seed})."]
+              f"similarity of the LoRA gradients of the {cs.k} least-confident of {scored_of(r.n_scored or r.n_pool, r.n_pool)} (seed {r.seed})."]
     end = {cs.interval[0]: ("lower", "above"), cs.interval[1]: ("upper", "below")}.get(cs.coslow)
     if end: lines += ["", f"CoS-Low sits at the {end[0]} end of its interval: at least {(1 + p.level) / 2:.1%} of the resampled medians are at or {end[1]} it "
                       "(pairs of repeated examples share its exact value, or the cosines split into same-answer and different-answer clusters, "
                       "see the CoS-Low notebook), so the interval is one-sided there."]
     if cs.excluded: lines += ["", f"Excluded ({len(cs.excluded)}): " + ", ".join(f"`{i}`" for i in cs.excluded)]
+    if cs.memory: lines += ["", f"Gradients of D = {cs.memory.gradient_dim:,} values per example; {cs.memory.summary()}."]
     lines += ["", "## Prediction", "",
               f"AUC' = c·CoS-Low + I = {p.c} × {_signed(cs.coslow)} + {p.intercept} = **{p.auc:.3f}**{_span(p.auc_interval, lambda v: f'{v:.3f}')}; "
               + ("budgets from the budget model learned on measured curves (`dataeff.budgets`), whose interval holds the spread of curve shapes at that AUC."
@@ -159,14 +161,16 @@ def _write_outputs(report: EstimateReport, out: Path):
 # %% ../nbs/10_pipeline.ipynb #9224096c
 ESTIMATE_SETTINGS = (PoolSettings, ModelSettings, ScoreSettings, SampleSettings, CoslowSettings, CalibrationSettings, PredictSettings)
 
-def estimate(pool, *settings, annotations=None, out="dataeff-estimate", progress: bool = True, **options) -> EstimateReport:
-    """Score the `pool`, select its k least-confident examples, take their labels (from the pool or the `annotations` file, .jsonl or .csv),
-    compute CoS-Low and predict the budget per target; writes `report.json`, `report.md` and `curve.png` into `out`. If the sample is
+def estimate(pool, *settings, annotations=None, out="dataeff-estimate", progress: bool = True, **options) -> EstimateReport | None:
+    """Score the `pool` (a seeded sample of `max_pool` of it, when larger), select its k least-confident examples, take their labels (from
+    the pool or the `annotations` file, .jsonl or .csv), compute CoS-Low and predict the budget per target; writes `report.json`, `report.md` and `curve.png` into `out`. If the sample is
     unlabelled, writes `to_annotate.jsonl` and `to_annotate.csv` there instead and returns a report with `status="needs_annotations"`.
     `pool` is anything `dataeff.data.read_pool` reads. Options: the settings of `ESTIMATE_SETTINGS` (pool fields, model, scoring, sample,
-    CoS-Low, calibration, prediction), as objects or as their fields' keywords (`input_field=`, `model=`, `k=`, `family=`, `target=`, ...)."""
+    CoS-Low, calibration, prediction), as objects or as their fields' keywords (`input_field=`, `model=`, `k=`, `family=`, `target=`, ...).
+    Under `accelerate launch` or `torchrun` every process scores its share of the sample and the main process alone goes on; the others return None."""
     pool_settings, model_settings, score, sample, cs, calibration_settings, ps = resolve_settings(ESTIMATE_SETTINGS, settings, options)
-    say = print if progress else (lambda *a, **kw: None)
+    processes = Processes()  # under accelerate launch: every process scores its share, the main one alone goes on
+    say = print if progress and processes.main else (lambda *a, **kw: None)
     examples = read_pool(pool, pool_settings)
     sample.check_pool(examples)
     calibration, note = choose_calibration(calibration_settings, model_settings.model)
@@ -183,11 +187,12 @@ def estimate(pool, *settings, annotations=None, out="dataeff-estimate", progress
         model, tokenizer = model_settings.load()
     name = model_id(model)
 
-    say(f"[2/4] scoring {len(examples)} pool examples by confidence (resumable: {out/'scores.jsonl'})")
+    say(f"[2/4] scoring {scored_of(min(sample.max_pool or len(examples), len(examples)), len(examples))} by confidence (resumable: {out/'scores.jsonl'})")
     with timed_stage(timings, "score_and_select"):
         chosen = low_confidence_sample(model, tokenizer, examples, out/"scores.jsonl", score, sample, annotations=annotated, progress=progress)
+    if not processes.main: return None
     labelled = len({ex.id for ex in examples if ex.target is not None} | {ex.id for ex in annotated})
-    report = EstimateReport(status="needs_annotations", pool=examples.source, model=name, out=str(out), n_pool=len(examples), k=sample.k,
+    report = EstimateReport(status="needs_annotations", pool=examples.source, model=name, out=str(out), n_pool=len(examples), n_scored=chosen.n_scored, k=sample.k,
                             seed=sample.seed, calibration=calibration, calibration_note=note, labelled=labelled, timings=timings)
     if chosen.unlabelled:
         if annotations is not None:
@@ -246,7 +251,7 @@ def _print_outcome(report: EstimateReport):
         return
     if report.calibration_note: print(f"note: {report.calibration_note}")
     excluded = len(report.coslow.excluded)
-    print(f"CoS-Low from the {report.coslow.k} least-confident of {report.n_pool} pool examples" + (f" ({excluded} excluded)" if excluded else ""))
+    print(f"CoS-Low from the {report.coslow.k} least-confident of {scored_of(report.n_scored or report.n_pool, report.n_pool)}" + (f" ({excluded} excluded)" if excluded else ""))
     print_prediction(report.prediction)
     print(f"wrote {report.files['report']}, {report.files['summary']}, {report.files['curve']}")
     if report.plan is not None:
@@ -255,7 +260,8 @@ def _print_outcome(report: EstimateReport):
         print(f"after that run: {_next_command(report)}")
 
 def _run_estimate(args):
-    _print_outcome(estimate(args.pool, *args.settings, annotations=args.annotations, out=args.out, progress=not args.quiet))
+    report = estimate(args.pool, *args.settings, annotations=args.annotations, out=args.out, progress=not args.quiet)
+    if report is not None: _print_outcome(report)  # None: a helper process under accelerate launch
 
 def configure_estimate(parser):
     "`dataeff estimate POOL [--annotations FILE] [--out DIR]` and the options of `ESTIMATE_SETTINGS`."
@@ -266,7 +272,8 @@ def configure_estimate(parser):
     parser.set_defaults(run=_run_estimate)
 
 def _run_demo(args):
-    _print_outcome(demo(args.out, *args.settings, task=args.task, n=args.n, progress=not args.quiet))
+    report = demo(args.out, *args.settings, task=args.task, n=args.n, progress=not args.quiet)
+    if report is not None: _print_outcome(report)
 
 def configure_demo(parser):
     "`dataeff demo [--out DIR]`: the main job on a built-in task with the default model."

@@ -1,4 +1,5 @@
-import json, math, os
+import json, math, os, random, re, signal, subprocess, sys, time
+from pathlib import Path
 import pytest
 import torch
 from dataeff.cli import main
@@ -170,3 +171,119 @@ def test_default_model_end_to_end(tmp_path, capsys):
     chosen = [json.loads(l)["id"] for l in (tmp_path/"a.jsonl").read_text().splitlines()]
     lowest = sorted(scores, key=lambda s: (s["avg_confidence"], s["id"]))[:4]
     assert chosen == [s["id"] for s in lowest]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tiny, tmp_path_factory):
+    "The tiny model saved to a folder, loadable by name like any local model (and by other processes)."
+    folder = tmp_path_factory.mktemp("model")/"tiny"
+    model, tok = tiny
+    model.save_pretrained(folder); tok.save_pretrained(folder)
+    return folder
+
+
+def test_max_pool_scores_a_seeded_sample_and_select_takes_it(tiny, tiny_folder, tmp_path, capsys, monkeypatch):
+    "Scoring costs max_pool examples whatever the pool's size; select draws the same sample from the same --max-pool and --seed."
+    import dataeff.confidence as confidence
+    from dataeff.confidence import pool_sample
+    examples = make_task("boolean_expressions", 400, seed=2)
+    write_examples(tmp_path/"pool.jsonl", examples)
+    seen, real = [], confidence.score_examples
+    monkeypatch.setattr(confidence, "score_examples", lambda m, t, exs, *a, **k: seen.extend(e.id for e in exs) or real(m, t, exs, *a, **k))
+    capsys.readouterr()
+    assert main(["score", str(tmp_path/"pool.jsonl"), "--model", str(tiny_folder), "--max-pool", "40", "--k", "4", "--max-new-tokens", "4",
+                 "--score-batch-size", "8", "--out", str(tmp_path/"s.jsonl")]) == 0
+    said = capsys.readouterr()
+    assert "scored 40 of 400 pool examples (a seeded sample)" in said.out
+    assert "scoring 40 of 400 examples: about" in said.err  # the expected duration, from the first batch
+    sample = [ex.id for ex in pool_sample(examples, 40, seed=0)]
+    assert sorted(seen) == sorted(sample) and [s["id"] for s in read_scores(tmp_path/"s.jsonl")] == sample  # the sample alone, in pool order
+    assert main(["select", str(tmp_path/"s.jsonl"), "--pool", str(tmp_path/"pool.jsonl"), "--k", "4", "--max-pool", "40", "--out", str(tmp_path/"a.jsonl")]) == 0
+    assert "least-confident of 40 of 400 pool examples (a seeded sample)" in capsys.readouterr().out
+    chosen = [json.loads(l)["id"] for l in (tmp_path/"a.jsonl").read_text().splitlines()]
+    assert set(chosen) <= set(sample) and chosen == select_low_confidence(read_scores(tmp_path/"s.jsonl"), k=4, seed=0)
+    assert main(["select", str(tmp_path/"s.jsonl"), "--pool", str(tmp_path/"pool.jsonl"), "--k", "4", "--max-pool", "80", "--out", str(tmp_path/"b.jsonl")]) == 2
+    assert "not scored yet (of the 80 that --max-pool 80 --seed 0 samples)" in capsys.readouterr().err and not (tmp_path/"b.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["score", "estimate"])
+@pytest.mark.parametrize("value, message", [("-1", "--max-pool -1: give the number of pool examples to score, or 0 for the whole pool"),
+                                            ("abc", "argument --max-pool: invalid int value: 'abc'"),
+                                            ("319", "--max-pool 319: the sample's least-confident tenth must hold k = 32: score at least 320 examples")])
+def test_bad_max_pool_is_one_line_and_exit_2(tmp_path, capsys, command, value, message):
+    write_examples(tmp_path/"pool.jsonl", make_task("boolean_expressions", 400, seed=0))
+    assert main([command, str(tmp_path/"pool.jsonl"), "--model", str(tmp_path/"no-model"), "--max-pool", value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path/"pool.scores.jsonl").exists() and not (tmp_path/"dataeff-estimate").exists()
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dataeff.cli"]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+
+
+def _same_scores(model, ours, reference):
+    "The same ids in the same order, the same answers, confidences within the batch-invariance bound of fp32 rounding."
+    assert [s["id"] for s in ours] == [s["id"] for s in reference]
+    assert [s["answer"] for s in ours] == [s["answer"] for s in reference]
+    for a, b in zip(ours, reference):
+        assert abs(a["avg_confidence"] - b["avg_confidence"]) <= conf_tol(model) and abs(a["ppl"] - b["ppl"]) <= ppl_tol(model, b["ppl"])
+
+
+def _one_process(args):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try: assert main(args) == 0
+    finally: torch.set_num_threads(threads)
+
+
+def test_two_processes_score_the_same_file_as_one(tiny, tiny_folder, tmp_path):
+    "torchrun over two CPU processes (gloo): each scores its share, the main process gathers one file in pool order, each id once."
+    write_examples(tmp_path/"pool.jsonl", make_task("boolean_expressions", 30, seed=1) + make_task("word_sorting", 30, seed=1))
+    args = ["score", str(tmp_path/"pool.jsonl"), "--model", str(tiny_folder), "--max-new-tokens", "8", "--score-batch-size", "4"]
+    _one_process([*args, "--out", str(tmp_path/"one.jsonl")])
+    two = subprocess.run([*TORCHRUN, *args, "--out", str(tmp_path/"two.jsonl")], env=ONE_THREAD, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "gathered the scores of 2 processes (30 + 30 new)" in two.stderr  # both processes scored their half
+    assert two.stdout.count("scored 60 pool examples") == 1  # the main process alone reports
+    _same_scores(tiny[0], read_scores(tmp_path/"two.jsonl"), read_scores(tmp_path/"one.jsonl"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "pool.jsonl", "two.jsonl"]  # no shard files left
+
+
+def _workers(pid):
+    "Process ids below `pid`, with the RANK each was started with (None if it has none)."
+    found, todo = {}, [pid]
+    while todo:
+        for child in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            for c in map(int, child.read_text().split()):
+                try: env = dict(kv.split("=", 1) for kv in Path(f"/proc/{c}/environ").read_text().split("\0") if "=" in kv)
+                except OSError: continue
+                found[c] = env.get("RANK")
+                todo.append(c)
+    return found
+
+
+def test_a_process_killed_mid_scoring_resumes_to_the_same_file(tiny, tiny_folder, tmp_path):
+    "kill -9 of one of two scoring processes: the launcher stops the other, the shard files keep what was scored, and a rerun finishes the same file."
+    write_examples(tmp_path/"pool.jsonl", make_task("boolean_expressions", 500, seed=4) + make_task("word_sorting", 500, seed=4))
+    args = ["score", str(tmp_path/"pool.jsonl"), "--model", str(tiny_folder), "--max-new-tokens", "8", "--score-batch-size", "2", "--max-pool", "0"]
+    out = tmp_path/"two.jsonl"
+    _one_process([*args, "--out", str(tmp_path/"one.jsonl")])
+    run = subprocess.Popen([*TORCHRUN, *args, "--out", str(out)], env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shard = tmp_path/"two.jsonl.part1"
+    deadline = time.monotonic() + 300
+    while not shard.exists() and run.poll() is None and time.monotonic() < deadline: time.sleep(0.05)
+    time.sleep(random.Random(3).uniform(0, 1))
+    rank1 = [pid for pid, rank in _workers(run.pid).items() if rank == "1"]
+    assert run.poll() is None and rank1, "the run ended before it could be killed"
+    os.kill(rank1[0], signal.SIGKILL)
+    assert run.wait(timeout=300) != 0
+    assert not out.exists()  # only the main process writes the scores file, once every shard is in
+    partial = sum(len(read_scores(p)) for p in tmp_path.glob("two.jsonl.part*"))
+    assert 0 < partial < 1000, partial
+    rerun = subprocess.run([*TORCHRUN, *args, "--out", str(out)], env=ONE_THREAD, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    new = re.search(r"gathered the scores of 2 processes \((\d+) \+ (\d+) new\)", rerun.stderr)
+    assert new and int(new[1]) + int(new[2]) == 1000 - partial  # the rerun scored only what the shards did not hold
+    _same_scores(tiny[0], read_scores(out), read_scores(tmp_path/"one.jsonl"))
+    assert not list(tmp_path.glob("two.jsonl.part*"))

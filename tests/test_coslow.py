@@ -249,3 +249,41 @@ def test_reference_circa_deterministic_and_float64_exact(circa):
     assert np.abs(np.array(report.cosine_matrix) - float64_cosines(grads.chunks)).max() <= cosine_tol(grads)
     assert report.interval[0] <= report.coslow <= report.interval[1]
     assert grads.dim == 30 * 64 * (576 + 192 + 192 + 576 + 1536 + 1536 + 576)  # lora_B of q/k/v/o/gate/up/down, 30 layers
+
+
+def test_an_impossible_memory_plan_is_refused_in_one_line_before_any_gradient(tiny, tiny_folder, tmp_path, capsys, monkeypatch):
+    "The plan against what the device has, before the adapter is built: a LoRA rank of 10^8 on the tiny model makes D = 51.2 billion."
+    import dataeff.coslow as coslow
+    from dataeff.gradients import lora_gradient_dim
+    model, tok = tiny
+    sample, pool = make_task("web_of_lies", 6, seed=0), make_task("web_of_lies", 30, seed=1)
+    assert lora_gradient_dim(model, LoraSpec(r=10**8)) == 10**8 * 2 * (32 + 16 + 16 + 32 + 64 + 64 + 32)  # r·d_out over 7 projections, 2 layers
+    def no_adapter(*a, **k): raise AssertionError("the adapter was built: gradients were about to start")
+    monkeypatch.setattr(coslow, "lora_adapter", no_adapter)
+    with pytest.raises(DataeffError) as e:
+        compute_coslow(model, tok, sample, lora_r=10**8, random_examples=pool[:6], progress=False)
+    message = str(e.value)
+    assert "\n" not in message and "(12 × D = 12 × 51,200,000,000 in float32)" in message and "more than the cpu has" in message
+    assert message.endswith("use --grad-dtype bfloat16 (half the buffer), --no-baselines (no second buffer for cos_sim_k), "
+                            "a smaller --grad-batch-size (now 2) or a smaller --k")
+    # what the device has decides: a small plan with 1 kB free (beside the loaded model); the fixes named are those that apply
+    import dataeff.gradients as gradients
+    monkeypatch.setattr(gradients, "available_memory", lambda device: 1000)
+    with pytest.raises(DataeffError, match=r"^memory on cpu: .* needed, .* available: more than the cpu has; use a smaller --grad-batch-size \(now 2\) or a smaller --k$"):
+        compute_coslow(model, tok, sample, **LORA, grad_dtype="bfloat16", baselines=False, progress=False)
+    monkeypatch.undo()
+    write_examples(tmp_path / "labelled.jsonl", sample)
+    capsys.readouterr()
+    assert main(["coslow", str(tmp_path / "labelled.jsonl"), "--model", str(tiny_folder), "--lora-r", "100000000", "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()  # the model's loading bar, then the error
+    assert err[-1].startswith("dataeff coslow: error: memory on cpu:") and "more than the cpu has; use --grad-dtype bfloat16" in err[-1]
+    assert sum("error" in line for line in err) == 1 and not (tmp_path / "r.json").exists()
+
+
+def test_the_report_keeps_the_memory_plan(tiny):
+    model, tok = tiny
+    report = compute_coslow(model, tok, make_task("web_of_lies", 6, seed=0), **LORA, random_examples=make_task("web_of_lies", 6, seed=1), progress=False)
+    plan = report.memory
+    assert plan.gradient_dim == report.gradient_dim and plan.rows == 12 and plan.grad_dtype == "float32" and plan.available_bytes is None
+    assert plan.buffer_bytes == 12 * report.gradient_dim * 4 and plan.needed == plan.model_bytes + plan.adapter_bytes + plan.buffer_bytes + plan.activation_bytes
+    assert CoslowReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report

@@ -311,3 +311,35 @@ def test_loss_is_the_answers_own_tokens_under_the_tiny_chatml_tokenizer():
     from dataeff.data import Example
     model, tok = tiny_model(seed=0)
     assert_loss_is_the_answers_own_tokens(model, tok, Example("t", "2 + 2 =", "4", "Answer with a number."))
+
+
+def test_gradient_dim_from_the_shapes_is_the_buffer_width(tiny):
+    "D from the linear layers' shapes, without an adapter, against the width of the buffer per_example_gradients fills."
+    from dataeff.gradients import lora_gradient_dim
+    encoded = random_encoded(3)
+    for spec in (SPEC, LoraSpec(r=3, targets=("q_proj", "down_proj"))):
+        for with_a in (False, True):
+            with lora_adapter(tiny, spec, seed=0) as peft_model:
+                grads = per_example_gradients(peft_model, encoded, ["a", "b", "c"], include_lora_a=with_a, progress=False)
+            assert lora_gradient_dim(tiny, spec, include_lora_a=with_a) == grads.dim
+
+
+def test_gradient_dim_of_the_default_model_and_of_llama_3_1_8b():
+    "The default model's adapter (built, not run) and Llama-3.1-8B's shapes on the meta device: D ≈ 88 M for lora_B, 168 M with lora_A; 32 × D in bf16 ≈ 10.7 GB."
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from dataeff.gradients import lora_gradient_dim, memory_plan
+    from dataeff.models import load_model
+    model, _ = load_model(device="cpu")
+    with lora_adapter(model, LoraSpec(), seed=0) as peft_model:
+        for with_a in (False, True):
+            assert lora_gradient_dim(model, LoraSpec(), with_a) == sum(w.numel() for *_, w in lora_tensors(peft_model, with_a))
+    assert lora_gradient_dim(model, LoraSpec()) == 9_953_280  # SmolLM2-135M: 30 layers × 64 × (576 + 192 + 192 + 576 + 1536 + 1536 + 576)
+    config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)
+    with torch.device("meta"): llama = LlamaForCausalLM(config).to(torch.bfloat16)
+    d_b, d_ab = lora_gradient_dim(llama, LoraSpec()), lora_gradient_dim(llama, LoraSpec(), include_lora_a=True)
+    assert (d_b, d_ab) == (88_080_384, 167_772_160)
+    assert round(32 * d_ab * 2 / 1e9, 1) == 10.7 and round(32 * d_b * 2 / 1e9, 2) == 5.64
+    plan = memory_plan(llama, [dict(input_ids=[1] * 300, answer_start=290, answer_end=295)] * 32, rows=32, grad_dtype="bfloat16", batch_size=2)
+    assert plan.available_bytes is None  # the meta device has no memory to ask
+    assert 0 <= plan.model_bytes - 2 * sum(p.numel() for p in llama.parameters()) <= 1024  # bf16 weights, plus the rotary embedding's small buffer
+    assert plan.buffer_bytes == 32 * d_b * 2 + 2 * d_b * 4  # the bf16 buffer and 2 float32 staging rows

@@ -176,3 +176,37 @@ def test_demo_on_the_default_model(tmp_path):
     assert report["coslow"]["k"] + len(report["coslow"]["excluded"]) == 32
     assert report["coslow"]["baselines"]["cos_sim_k"] is not None
     assert "scoring" in run.stderr  # progress bars
+
+
+def test_a_large_pool_is_scored_through_its_seeded_sample(tmp_path, fast):
+    "With --max-pool smaller than the pool, the job scores the sample alone, and the report says how many of how many."
+    pool = labelled_pool(tmp_path / "pool.jsonl", n=400)
+    report = estimate(pool, out=tmp_path / "out", max_pool=40, **fast)
+    assert report.status == "complete" and (report.n_scored, report.n_pool) == (40, 400)
+    assert len((tmp_path / "out/scores.jsonl").read_text().splitlines()) == 40
+    md = report.markdown()
+    assert "the 4 least-confident of 40 of 400 pool examples (a seeded sample) (seed 0)" in md
+    assert f"Gradients of D = {report.coslow.gradient_dim:,} values per example; memory on cpu: model " in md
+    assert json.loads((tmp_path / "out/report.json").read_text())["coslow"]["memory"]["gradient_dim"] == report.coslow.gradient_dim
+    whole_pool = estimate(pool, out=tmp_path / "whole", max_pool=0, **fast)
+    assert (whole_pool.n_scored, whole_pool.n_pool) == (400, 400) and "of 400 pool examples (seed 0)" in whole_pool.markdown()
+
+
+def test_estimate_over_two_processes_scores_in_both_and_estimates_once(tmp_path, tiny_folder):
+    "Under torchrun (two CPU processes, gloo) the scoring is shared; CoS-Low and the report come from the main process alone, as one process gives them."
+    import torch
+    pool = labelled_pool(tmp_path / "pool.jsonl")
+    args = ["estimate", str(pool), "--model", str(tiny_folder), "--k", "4", "--lora-r", "8", "--lora-alpha", "16", "--resamples", "200", "--borrow-calibration"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try: assert main([*args, "--out", str(tmp_path / "one"), "--quiet"]) == 0
+    finally: torch.set_num_threads(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dataeff.cli", *args,
+                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "gathered the scores of 2 processes (20 + 20 new)" in two.stderr
+    assert two.stdout.count("[3/4] CoS-Low") == 1 and two.stdout.count("first step of the plan") == 1  # one CoS-Low step, one report
+    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert one["coslow"]["ids"] == two["coslow"]["ids"]  # the same selection from scores equal up to fp32 rounding
+    assert two["coslow"]["coslow"] == one["coslow"]["coslow"]  # the same gradients, by one process with one thread in both: bit-identical
