@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['MIN_POOL_PER_K', 'DEFAULT_MAX_POOL', 'COMMAND_SETTINGS', 'score_examples', 'pool_sample', 'SampleSettings',
-           'ScoreSettings', 'Processes', 'read_scores', 'score_pool', 'select_low_confidence', 'random_labelled_sample',
-           'scored_of', 'LowConfidenceSample', 'select_sample', 'low_confidence_sample', 'configure_score',
-           'configure_select']
+           'pool_size_error', 'ScoreSettings', 'Processes', 'read_scores', 'score_pool', 'select_low_confidence',
+           'random_labelled_sample', 'scored_of', 'LowConfidenceSample', 'select_sample', 'low_confidence_sample',
+           'configure_score', 'configure_select']
 
 # %% ../nbs/03_confidence.ipynb #0a55398e
 import hashlib, heapq, json, math, os, random, sys, time
@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from .core import DataeffError, atomic_write, whole
 from .settings import option, require, resolve_settings
-from .data import Example, Pool, PoolSettings, read_pool, write_to_annotate, annotation_instructions
+from .data import Example, Pool, PoolSettings, POOL_HELP, read_pool, write_to_annotate, annotation_instructions
 from .models import ModelSettings, model_id, render_prompt, cache_kwargs
 
 # %% ../nbs/03_confidence.ipynb #ae9fd38a
@@ -130,13 +130,16 @@ class SampleSettings:
 
     def check_pool(self, pool):
         "Refuse a pool too small for its least-confident tenth to hold k examples."
-        if len(pool) < MIN_POOL_PER_K * self.k:
-            raise DataeffError(f"{getattr(pool, 'source', 'the pool')}: the pool holds {len(pool)} examples, but its least-confident tenth must hold k = {self.k}; "
-                               f"give a pool of at least {MIN_POOL_PER_K * self.k} examples, or lower --k")
+        if len(pool) < MIN_POOL_PER_K * self.k: raise pool_size_error(len(pool), self.k, getattr(pool, 'source', 'the pool'))
 
     def draw(self, pool: list[Example]) -> list[Example]:
         "The examples of `pool` to score: `pool_sample(pool, max_pool, seed)`."
         return pool_sample(pool, self.max_pool, self.seed)
+
+def pool_size_error(n: int, k: int, source: str = "the pool") -> DataeffError:
+    "The one statement of the minimum pool size, for a pool of `n` examples too small for `k`: its least-confident tenth must hold k."
+    return DataeffError(f"{source}: the pool holds {n} examples, but its least-confident tenth must hold k = {k}; "
+                        f"give a pool of at least {MIN_POOL_PER_K * k} examples, or lower --k")
 
 # %% ../nbs/03_confidence.ipynb #01251799
 @dataclass(frozen=True, kw_only=True)
@@ -272,8 +275,7 @@ def select_low_confidence(scores: list[dict], k=32, seed=0, by="avg_confidence")
     sign = 1 if by == "avg_confidence" else -1  # high perplexity = low confidence
     ranked = sorted(scores, key=lambda s: (sign * float(s[by]), str(s["id"])))
     decile = ranked[:len(ranked) // MIN_POOL_PER_K]
-    if len(decile) < k:
-        raise DataeffError(f"the lowest decile of {len(ranked)} scored examples holds {len(decile)}, fewer than k = {k}; score a pool of at least {MIN_POOL_PER_K * k} examples, or lower --k")
+    if len(decile) < k: raise pool_size_error(len(ranked), k, "the scores")
     chosen = set(random.Random(seed).sample(range(len(decile)), k))
     return [s["id"] for i, s in enumerate(decile) if i in chosen]
 
@@ -330,6 +332,7 @@ def low_confidence_sample(model, tokenizer, pool: list[Example], scores_path, sc
 def _run_score(args):
     pool_settings, model_settings, score, sample = args.settings
     pool = read_pool(args.pool, pool_settings)
+    print(pool.description)
     out = Path(args.out) if args.out else Path(args.pool).with_suffix(".scores.jsonl")
     model, tokenizer = model_settings.load()
     scores = score_pool(model, tokenizer, pool, out, score, sample)
@@ -337,15 +340,16 @@ def _run_score(args):
 
 def configure_score(parser):
     "`dataeff score POOL [--model M] [--max-pool N] [--out SCORES]` and the pool, model, scoring and sample options."
-    parser.add_argument("pool", help="pool of examples: .csv, .tsv, .parquet, .json, .jsonl (ours, BIG-bench, the authors' lists) or a save_to_disk folder")
+    parser.add_argument("pool", help=POOL_HELP)
     parser.add_argument("--out", help="scores JSONL (default: POOL with .scores.jsonl); rerunning resumes it")
     parser.set_defaults(run=_run_score)
 
 def _run_select(args):
     pool_settings, sample = args.settings
     pool = read_pool(args.pool, pool_settings)
+    print(pool.description)
     chosen = select_sample(pool, read_scores(args.scores), sample)
-    lines, sheet = write_to_annotate(args.out, chosen.examples, pool.labels)
+    lines, sheet = write_to_annotate(args.out, chosen.examples, pool.labels, pool.format)
     print(f"wrote the {len(chosen.examples)} least-confident of {scored_of(chosen.n_scored, chosen.n_pool)} to {lines} and {sheet}")
     unlabelled = len(chosen.unlabelled)
     print(f"next: {annotation_instructions(lines, sheet)}" if unlabelled else "all of them are labelled already")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from .core import DataeffError, atomic_write_json, read_json, timed_stage
 from .settings import option, require, resolve_settings
-from .data import Example, PoolSettings, read_pool, exact_match
+from .data import Example, PoolSettings, POOL_HELP, read_pool, check_answers
 from .models import ModelSettings, model_id, encode_example, check_dtype
 from .confidence import ScoreSettings, SampleSettings, Processes, score_examples, low_confidence_sample
 from .similarity import pairwise_cosine
@@ -85,7 +85,8 @@ class CoslowBaselines:
     cos_sim_k: float | None = None           # CoS-Low's statistic on k random labelled pool examples
     grad_norm_k: float | None = None         # mean gradient norm of the sample
     conf_avg_k: float | None = None          # mean confidence of the sample
-    zero_shot_accuracy: float | None = None  # exact match of the model's greedy answers on the sample
+    zero_shot_accuracy: float | None = None  # exact match of the model's greedy answers on the sample (the answer each states, given an answer set)
+    zero_shot_answers: dict | None = None    # how the answers were read: the answer set or pattern, generations stating none, two raw-vs-read examples
 
 @dataclass(kw_only=True)
 class CoslowReport:
@@ -164,12 +165,16 @@ def _memory_refusal(plan: MemoryPlan, cs: CoslowSettings, with_random: bool) -> 
     return f"{plan.summary()}: more than the {plan.device} has; use " + (", ".join(fixes[:-1]) + " or " if len(fixes) > 1 else "") + fixes[-1]
 
 def compute_coslow(model, tokenizer, examples: list[Example], *settings: CoslowSettings, seed: int = 0, scores: list[dict] | None = None,
-                   random_examples: list[Example] | None = None, progress: bool = True, **options) -> CoslowReport:
+                   random_examples: list[Example] | None = None, labels=None, answer_pattern: str | None = None, progress: bool = True,
+                   **options) -> CoslowReport:
     """CoS-Low of the labelled `examples` (normally the k least-confident) with its bootstrap interval, per-example diagnostics and baselines.
     Options: `CoslowSettings`, or its fields as keywords (`lora_r=`, `resamples=`, `baselines=`, ...); `seed` seeds the LoRA initialisation
     and the bootstrap. `scores`: confidence scores of `examples` if already known (else computed for the baselines); `random_examples`: k labelled
-    random pool examples for `cos_sim_k`."""
+    random pool examples for `cos_sim_k`. The zero-shot accuracy compares the answer each greedy generation states (`check_answers`) with
+    the answer set `labels` (default: the pool's, else one inferred from the targets) and `answer_pattern` (default: the pool's)."""
     (cs,) = resolve_settings([CoslowSettings], settings, options)
+    labels = labels if labels is not None else getattr(examples, "labels", None)
+    answer_pattern = answer_pattern if answer_pattern is not None else getattr(examples, "answer_pattern", None)
     grad_dtype = check_dtype(cs.grad_dtype, "cpu", what="gradient buffer dtype")
     timings = {}
     with timed_stage(timings, "encode"):
@@ -187,7 +192,9 @@ def compute_coslow(model, tokenizer, examples: list[Example], *settings: CoslowS
             if missing: raise DataeffError(f"confidence scores: example {missing[0]!r} is not scored; score the pool again (dataeff score)")
             base.conf_avg_k = float(np.mean([by_id[ex.id]["avg_confidence"] for ex in examples]))
             if all("answer" in by_id[ex.id] for ex in examples):
-                base.zero_shot_accuracy = float(np.mean([exact_match(by_id[ex.id]["answer"], ex.target) for ex in examples]))
+                check = check_answers([by_id[ex.id]["answer"] for ex in examples], examples, labels, answer_pattern)
+                base.zero_shot_accuracy = check.accuracy
+                base.zero_shot_answers = {k: v for k, v in asdict(check).items() if k != "accuracy"}
     with lora_adapter(model, cs.lora, seed) as peft_model:
         with timed_stage(timings, "gradients"):
             grads = per_example_gradients(peft_model, encoded, [ex.id for ex in kept], cs.include_lora_a, grad_dtype, cs.grad_batch_size, progress=progress)
@@ -229,6 +236,7 @@ def _given_sample(path, examples, sample: SampleSettings) -> tuple[list[Example]
 def _run_coslow(args):
     pool_settings, model_settings, score, sample, cs = args.settings
     examples = read_pool(args.file, pool_settings)
+    print(examples.description)
     if args.select: sample.check_pool(examples)
     else: chosen, how = _given_sample(args.file, examples, sample)  # checked before the model loads
     timings = {}
@@ -243,7 +251,8 @@ def _run_coslow(args):
             raise DataeffError(f"{args.file}: {len(picked.unlabelled)} of the {sample.k} selected examples have no target (first {picked.unlabelled[0].id!r}); "
                                f"write them out with dataeff select, label them, and run dataeff coslow on that file")
         chosen, how, scores, random_examples = picked.examples, "low_confidence", picked.scores, picked.random
-    report = compute_coslow(model, tokenizer, chosen, cs, seed=sample.seed, scores=scores, random_examples=random_examples)
+    report = compute_coslow(model, tokenizer, chosen, cs, seed=sample.seed, scores=scores, random_examples=random_examples,
+                            labels=examples.labels, answer_pattern=examples.answer_pattern)
     report = dataclasses.replace(report, sample=how, timings={**timings, **report.timings})
     out = Path(args.out) if args.out else Path(args.file).with_suffix(".coslow.json")
     atomic_write_json(out, report.to_dict())
@@ -254,7 +263,7 @@ def _run_coslow(args):
 # %% ../nbs/06a_coslow.ipynb #dc357482
 def configure_coslow(parser):
     "`dataeff coslow LABELLED [--k K] [--out report.json]`, or `dataeff coslow POOL --select ...`, with the pool, model, scoring, sample and CoS-Low options."
-    parser.add_argument("file", help="labelled examples (an annotated selection or any labelled pool: .csv, .tsv, .parquet, .json, .jsonl or a save_to_disk folder), or with --select a pool to score and select from")
+    parser.add_argument("file", help=f"labelled examples (an annotated selection or any labelled {POOL_HELP.removeprefix('pool of examples: ')}), or with --select a pool to score and select from")
     parser.add_argument("--select", action="store_true", help="treat FILE as a pool: score it, select the k least-confident (they must be labelled)")
     parser.add_argument("--scores", help="with --select: scores JSONL, resumed if present (default: FILE with .scores.jsonl)")
     parser.add_argument("--out", help="report JSON (default: FILE with .coslow.json)")

@@ -53,15 +53,21 @@ def _score(value, path, where) -> float:
 
 # %% ../nbs/01_curves.ipynb #7139b769
 def read_authors_file(path, task: str) -> dict[int, float]:
-    "Scores by budget from one authors' results file; `task` picks the metric (F1 for generation tasks, else accuracy)."
+    """Scores by budget from one results file: an entry's `score` when it names its `metric` (a curve `dataeff curve` measured with
+    `--metric`), else as the authors' files hold them: `task` picks the metric (F1 for generation tasks, else accuracy)."""
     path, data = Path(path), read_json(path, "results file")
     if not isinstance(data, dict) or not data:
         raise DataeffError(f"{path}: expected an object {{\"<budget>\": {{\"accuracy\": x}}}}; got {type(data).__name__ if data else 'nothing'}")
     keys = ("f1",) if task in GENERATION_TASKS else ("accuracy", "exact_string_match_accuracy")
-    scores = {}
+    scores, metrics = {}, {}
     for key, entry in data.items():
         budget = _budget(key, path)
-        metric = next((k for k in keys if isinstance(entry, dict) and k in entry), None)
+        named = entry.get("metric") if isinstance(entry, dict) and "score" in entry else None
+        metrics[key] = named or "accuracy"
+        if len(set(metrics.values())) > 1:
+            first = next(k for k, m in metrics.items() if m != metrics[key])
+            raise DataeffError(f"{path}: budget {key} is scored by {metrics[key]}, but budget {first} by {metrics[first]}; one curve holds one metric, measure them again with the same --metric")
+        metric = "score" if named else next((k for k in keys if isinstance(entry, dict) and k in entry), None)
         if metric is None:
             raise DataeffError(f"{path}: budget {key}: score missing (need {' or '.join(repr(k) for k in keys)} for task {task!r}); add it or drop the budget")
         scores[budget] = _score(entry[metric], path, f"budget {key}")

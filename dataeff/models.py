@@ -209,12 +209,12 @@ def fp32_rounding_bound(config, passes=1, lam=8.0) -> float:
 
 # %% ../nbs/02_models.ipynb #5c708841
 def render_prompt(tokenizer, example: Example) -> str:
-    "The prompt text: `example.input` as is when raw, else the chat template (system = instruction, user = input) up to the assistant turn."
+    """The prompt text: `example.input` as is when raw, else the model's chat template applied to the example's turns (system = instruction,
+    user = input; or a conversation's `messages`), up to the assistant turn that answers."""
     if example.raw: return example.input
     if not getattr(tokenizer, "chat_template", None):
         raise DataeffError(f"example {example.id!r}: the tokenizer has no chat template; use an instruct model or give raw prompts (raw: true)")
-    messages = ([{"role": "system", "content": example.instruction}] if example.instruction else []) + [{"role": "user", "content": example.input}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(example.turns, tokenize=False, add_generation_prompt=True)
 
 def encode_example(tokenizer, example: Example, target: str | None = None) -> dict:
     "Token ids of prompt + answer + end-of-turn, with the answer span `[answer_start, answer_end)` (end-of-turn excluded)."

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .core import DataeffError, atomic_write, atomic_write_json, fingerprint, read_json, save_figure, timed_stage, whole
 from .settings import resolve_settings
-from .data import PoolSettings, read_pool, write_examples, write_to_annotate, read_annotations, annotation_instructions
+from .data import PoolSettings, POOL_HELP, read_pool, write_examples, write_to_annotate, read_annotations, annotation_instructions
 from .models import ModelSettings, model_id
 from .tasks import TASKS, make_task
-from .confidence import ScoreSettings, SampleSettings, Processes, low_confidence_sample, scored_of
+from .confidence import MIN_POOL_PER_K, ScoreSettings, SampleSettings, Processes, low_confidence_sample, pool_size_error, scored_of
 from .coslow import CoslowReport, CoslowSettings, compute_coslow
 from .calibrate import Calibration, CalibrationSettings, choose_calibration
 from .predict import PredictSettings, Prediction, predict, plot_prediction, print_prediction
@@ -128,6 +128,7 @@ def _markdown(r: EstimateReport) -> str:
             ("zero-shot accuracy", "exact match of the greedy answers on the sample", b.zero_shot_accuracy)]
     lines += ["", "## Baselines", "", "| metric | what it is | value |", "| --- | --- | --- |"]
     lines += [f"| {m} | {what} | {'not measured' if v is None else f'{v:.4f}'} |" for m, what, v in rows]
+    lines += _answer_lines(b)
     lines += ["", "## Run", "", f"Model `{r.model}`, seed {r.seed}, pool `{r.pool}` ({r.n_pool} examples). Wall time per stage (s): "
               + ", ".join(f"{k} {v:.1f}" for k, v in r.timings.items()) + ".", ""]
     if r.plan is not None:
@@ -138,6 +139,22 @@ def _markdown(r: EstimateReport) -> str:
 def _next_command(r: EstimateReport) -> str:
     "The `dataeff plan` command to run after the first fine-tuning run, as the report suggests it."
     return f"dataeff plan {r.out} --measured 0:ZERO_SHOT,BUDGET:ACCURACY --target {r.plan.target:g}{_borrow(r)}"
+
+# %% ../nbs/10_pipeline.ipynb #25267d7b
+def _cell(text, width=60) -> str:
+    "`text` for a Markdown table cell: one line, no pipes, shortened."
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+def _answer_lines(b) -> list[str]:
+    "Markdown lines on how the zero-shot answers were read: the answer set or pattern, the generations that named none, two raw-vs-read examples."
+    a = b.zero_shot_answers
+    if not a or not (a.get("labels") or a.get("pattern")): return []
+    how = f"the member of the answer set ({', '.join(a['labels'])}) each generation names first" if a.get("labels") else ""
+    if a.get("pattern"): how = f"the group of `{a['pattern']}`" + (f", then {how}" if how else "")
+    lines = ["", f"Zero-shot answers are read as {how}: {a['no_answer']} of {a['n']} generations named no answer (scored as wrong).", "",
+             "| generation | answer read | target |", "| --- | --- | --- |"]
+    return lines + [f"| {_cell(s['generation'])} | {_cell(s['answer'] or '—')} | {_cell(s['target'])} |" for s in a["samples"]]
 
 # %% ../nbs/10_pipeline.ipynb #3961cfd5
 def _saved_coslow(path: Path, key: str) -> CoslowReport | None:
@@ -172,6 +189,7 @@ def estimate(pool, *settings, annotations=None, out="dataeff-estimate", progress
     processes = Processes()  # under accelerate launch: every process scores its share, the main one alone goes on
     say = print if progress and processes.main else (lambda *a, **kw: None)
     examples = read_pool(pool, pool_settings)
+    say(examples.description)
     sample.check_pool(examples)
     calibration, note = choose_calibration(calibration_settings, model_settings.model)
     annotated = read_annotations(annotations, examples, partial=True) if annotations is not None else []
@@ -198,19 +216,22 @@ def estimate(pool, *settings, annotations=None, out="dataeff-estimate", progress
         if annotations is not None:
             raise DataeffError(f"{annotations}: {len(chosen.unlabelled)} of {sample.k} labels missing (first id {chosen.unlabelled[0].id!r}, not in the file); "
                                f"label every row of {out/'to_annotate.csv'} or {out/'to_annotate.jsonl'} and pass that file (same --k and --seed as when it was written)")
-        report.to_annotate = [str(p) for p in write_to_annotate(out/"to_annotate.jsonl", chosen.examples, examples.labels)]
+        report.to_annotate = [str(p) for p in write_to_annotate(out/"to_annotate.jsonl", chosen.examples, examples.labels, examples.format)]
         say(f"[3/4] the pool has no labels: {annotation_instructions(*report.to_annotate)}")
         return report
 
     say(f"[3/4] CoS-Low of the {sample.k} least-confident examples' LoRA gradients")
     random_sample = chosen.random if cs.baselines else None
-    key = fingerprint([name, model_settings.dtype, asdict(cs), sample.seed],
-                      [[ex.id, ex.instruction, ex.input, ex.target] for ex in chosen.examples] + [[ex.id, ex.target] for ex in random_sample or []])
+    reading = [[examples.labels, examples.answer_pattern]] if examples.labels or examples.answer_pattern else []  # how zero-shot answers are read
+    key = fingerprint([name, model_settings.dtype, asdict(cs), sample.seed] + reading,
+                      [[ex.id, ex.instruction, ex.input, ex.target] + ([ex.messages] if ex.messages else []) for ex in chosen.examples]
+                      + [[ex.id, ex.target] for ex in random_sample or []])
     coslow_path = out/"coslow.json"
     with timed_stage(timings, "coslow"):
         found = _saved_coslow(coslow_path, key)
         if found is None:
-            found = compute_coslow(model, tokenizer, chosen.examples, cs, seed=sample.seed, scores=chosen.scores, random_examples=random_sample, progress=progress)
+            found = compute_coslow(model, tokenizer, chosen.examples, cs, seed=sample.seed, scores=chosen.scores, random_examples=random_sample,
+                                   labels=examples.labels, answer_pattern=examples.answer_pattern, progress=progress)
             found = dataclasses.replace(found, sample="low_confidence", fingerprint=key)
             atomic_write_json(coslow_path, found.to_dict())
         else: say(f"      reusing {coslow_path} (same model, sample, labels and settings)")
@@ -237,6 +258,7 @@ def demo(out="dataeff-demo", *settings, task: str = DEMO_TASK, n: int = 320, pro
     settings = resolve_settings(DEMO_SETTINGS, settings, options)
     sample = next(s for s in settings if isinstance(s, SampleSettings))
     calibration = next(s for s in settings if isinstance(s, CalibrationSettings))
+    if n < MIN_POOL_PER_K * sample.k: raise pool_size_error(n, sample.k, f"--n {n}")  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pool = out/f"{task}.jsonl"
@@ -265,7 +287,7 @@ def _run_estimate(args):
 
 def configure_estimate(parser):
     "`dataeff estimate POOL [--annotations FILE] [--out DIR]` and the options of `ESTIMATE_SETTINGS`."
-    parser.add_argument("pool", help="pool of examples, labelled or not: .csv, .tsv, .parquet, .json, .jsonl (ours, BIG-bench, the authors' lists) or a save_to_disk folder")
+    parser.add_argument("pool", help=POOL_HELP.replace("pool of examples", "pool of examples, labelled or not", 1))
     parser.add_argument("--annotations", help="the labelled to_annotate.csv or to_annotate.jsonl of a previous run on an unlabelled pool")
     parser.add_argument("--out", default="dataeff-estimate", help="output folder: report.json, report.md, curve.png and resumable work (default dataeff-estimate)")
     parser.add_argument("--quiet", action="store_true", help="no step messages or progress bars")

@@ -98,8 +98,9 @@ def test_report_is_complete_deterministic_and_matches_float64(tiny):
     for key in KEYS: assert key in report.to_dict()
     assert report.k == 6 and report.excluded == [] and report.ids == [ex.id for ex in sample]
     baselines = dataclasses.asdict(report.baselines)
-    assert set(baselines) == {"cos_sim_k", "grad_norm_k", "conf_avg_k", "zero_shot_accuracy"}
-    assert all(isinstance(v, float) for v in baselines.values())
+    assert set(baselines) == {"cos_sim_k", "grad_norm_k", "conf_avg_k", "zero_shot_accuracy", "zero_shot_answers"}
+    assert all(isinstance(v, float) for k, v in baselines.items() if k != "zero_shot_answers")
+    assert baselines["zero_shot_answers"]["n"] == 6 and len(baselines["zero_shot_answers"]["samples"]) == 2  # how the answers were read
     assert report.baselines.grad_norm_k == pytest.approx(np.mean(report.grad_norms))  # float64 mean of the same k values: a few ulps
     assert report.lora == {"r": 8, "alpha": 16, "dropout": 0.05, "targets": list(SPEC.targets), "include_lora_a": False}
     assert {"confidence", "gradients", "random_gradients", "cosine", "bootstrap"} <= set(report.timings)

@@ -87,7 +87,7 @@ def test_an_empty_answer_is_kept_and_a_missing_label_is_none(tmp_path, kind):
     sheet = kind in ("csv", "tsv")
     assert [ex.target for ex in read_pool(write_source(kind, tmp_path, rows))] == ([None, None, "yes"] if sheet else ["", None, "yes"])
     # naming the target field asks for a label on every row: an empty answer is one (outside a sheet), a null or an empty cell is not
-    with pytest.raises(DataeffError, match="'target' is empty" if sheet else "missing 'target'"): read_pool(write_source(kind, tmp_path, rows), target_field="target")
+    with pytest.raises(DataeffError, match=f"{2 if sheet else 1} of 3 examples have no label in 'target'"): read_pool(write_source(kind, tmp_path, rows), target_field="target")
     if not sheet: assert [ex.target for ex in read_pool(write_source(kind, tmp_path, rows[::2]), target_field="target")] == ["", "yes"]
 
 
@@ -140,10 +140,12 @@ def test_empty_or_null_input(tmp_path, capsys, value, message):
     fails_cleanly(estimate_args(pool, tmp_path, "--input-field", "text"), tmp_path, capsys, str(pool), message, "fill it in or remove the row")
 
 
-@pytest.mark.parametrize("kind, message", [("csv", "row 4: 'label' is empty"), ("parquet", "row 2: missing 'label'")])
-def test_null_target_in_a_labelled_pool(tmp_path, capsys, kind, message):
+@pytest.mark.parametrize("kind, message", [("csv", "2 of 20 examples have no label in 'label' (row 4, row 9)"),
+                                           ("parquet", "2 of 20 examples have no label in 'label' (row 2, row 7)")])
+def test_empty_labels_in_a_labelled_pool_are_counted(tmp_path, capsys, kind, message):
+    "Every empty label is counted and named (the first few), not only the first."
     rows = labelled_rows()
-    rows[2]["label"] = "" if kind == "csv" else None
+    for i in (2, 7): rows[i]["label"] = "" if kind == "csv" else None
     pool = write_source(kind, tmp_path, rows)
     fails_cleanly(estimate_args(pool, tmp_path, "--input-field", "text", "--target-field", "label"), tmp_path, capsys,
                   str(pool), message, "--target-field makes every row need a label")
