@@ -223,7 +223,7 @@ def _expected(todo: int, n_pool: int, n_sample: int, world: int, each: float, sh
     over = f" over {world} processes" if world > 1 else ""
     return f"scoring {what}{over}: about {_duration(each * share)} at {each:.2f} s each" + (" in each process" if world > 1 else "")
 
-def score_pool(model, tokenizer, examples: list[Example], out, *settings: ScoreSettings | SampleSettings, progress=True, save_every=4,
+def score_pool(model, tokenizer, examples: list[Example], out, *settings, progress=True, save_every=4,
                **options) -> list[dict]:
     """Score the sample of `examples` (a `Pool` or list of `Example`s) that the `SampleSettings` draw into the JSONL file `out`, and return
     the sample's scores in pool order. Scores already in `out` are reused. After the first batch it says how long the rest will take; every
