@@ -9,6 +9,7 @@ from dataeff.cli import main
 from dataeff.core import DataeffError
 from dataeff.data import Example, PoolSettings, read_pool, read_annotations, write_examples, write_to_annotate, annotation_text
 from dataeff.tasks import make_task
+from cli_checks import fails_cleanly
 
 datasets.disable_progress_bars()
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
@@ -302,22 +303,6 @@ def test_curve_with_rouge_l_on_a_generation_task(tmp_path, capsys):
 
 
 # ---- bad input: exit 2, one line on stderr naming the file and the record, nothing written
-
-def files_under(folder): return sorted(p.relative_to(folder) for p in folder.rglob("*"))
-
-
-def fails_cleanly(args, folder, capsys, *expected):
-    "Run the CLI; check exit 2, a one-line message holding `expected`, no traceback and no new file under `folder`."
-    before = files_under(folder)
-    capsys.readouterr()
-    assert main(args) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in captured.err + captured.out, err
-    for text in expected: assert text in err, (text, err)
-    assert files_under(folder) == before
-    return captured
-
 
 def chat_pool(folder, broken=None, n=20):
     "A labelled chat-messages pool of `n` conversations; `broken` replaces the turns of line 4."

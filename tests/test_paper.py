@@ -1,12 +1,12 @@
 """The paper's released data: a local copy by argument or environment variable, else a download of exactly the manifest's files,
 each checked against its SHA-256 — tested against a web server on this machine serving the local copy."""
-import functools, hashlib, http.server, os, threading
+import functools, hashlib, http.server, json, os, threading
 from pathlib import Path
 
 import pytest
 
 from dataeff.core import DataeffError
-from dataeff.paper import PAPER_DATA_ENV, PAPER_RELEASE, paper_coslow, paper_curves, paper_data
+from dataeff.paper import PAPER_DATA_ENV, PAPER_RELEASE, paper_coslow, paper_curves, paper_curves_by_family, paper_data
 
 
 @pytest.fixture
@@ -99,4 +99,7 @@ def test_savings_on_the_paper_curves_by_name(reference, monkeypatch, tmp_path, c
     from dataeff.cli import main
     monkeypatch.setenv(PAPER_DATA_ENV, str(reference))
     assert main(["savings", "--paper", "qwen", "--target", "0.9", "--json", str(tmp_path/"s.json")]) == 0
-    assert "planner:" in capsys.readouterr().out and (tmp_path/"s.json").is_file()
+    assert "totals over tasks" in capsys.readouterr().out
+    report = json.loads((tmp_path/"s.json").read_text())
+    simulated = {r["task"] for r in report["rows"]} | set(report["unreached"]["0.9"])
+    assert simulated == set(paper_curves_by_family()["qwen"]) and len(simulated) == 30  # every Qwen task of the release, and only those

@@ -9,6 +9,7 @@ from dataeff.confidence import score_pool
 from dataeff.data import Example, read_pool, read_annotations, write_to_annotate, annotation_text
 from dataeff.pipeline import estimate
 from dataeff.tasks import make_task
+from cli_checks import fails_cleanly
 
 datasets.disable_progress_bars()
 ROWS = [{"qid": "7", "text": "Is the sky blue?", "label": "yes"}, {"qid": "8", "text": "Is fire cold?", "label": "no"},
@@ -98,21 +99,6 @@ def test_step_functions_take_any_pool(tiny, tmp_path):
 
 
 # ---- bad input, named: one line naming the file, the row or column and the fix; exit 2; no traceback; nothing written
-
-def files_under(folder): return sorted(p.relative_to(folder) for p in folder.rglob("*"))
-
-
-def fails_cleanly(args, folder, capsys, *expected):
-    "Run the CLI; check exit 2, a one-line message holding `expected`, no traceback and no new file under `folder`."
-    before = files_under(folder)
-    assert main(args) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in captured.err + captured.out, err
-    for text in expected: assert text in err, (text, err)
-    assert files_under(folder) == before
-    return err
-
 
 def labelled_rows(n=20):
     return [{"qid": f"q{i}", "text": f"What is {i} plus 1?", "label": str(i + 1)} for i in range(n)]
